@@ -1,0 +1,142 @@
+"""Time the TimeDP model: train step (forward, backward, AdamW) and denoiser forward.
+
+  python benchmarks/bench_core.py --out benchmarks/results/core_cpu.json
+
+Uses the full TimeDP config (configs/timedp.py) at each sequence length. Prints
+the median over --repeats timed calls (after one compile-and-warm-up call) and
+writes a JSON file. Achieved TFLOP/s comes from XLA's cost analysis of the
+compiled function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from timecraft_jax import diffusion
+from timecraft_jax.config_lib import load_config_file, repository_config
+from timecraft_jax.models import TimeCraftModel, build_model, init_variables
+from timecraft_jax.train_state import create_train_state, make_optimizer, make_train_step
+
+
+def compiled_flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def time_calls(fn, args, repeats: int) -> list[float]:
+    jax.block_until_ready(fn(*args))  # Warm-up after compilation.
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int, repeats: int) -> dict:
+    config = load_config_file(repository_config("timedp"))
+    config.data.seq_len = seq_len
+    config.model.dtype = dtype
+    model = build_model(config.model, seq_len)
+    schedule = diffusion.schedule_from_config(config.diffusion)
+    optimizer = make_optimizer(config.optimizer)
+    rng = jax.random.PRNGKey(0)
+    variables = init_variables(model, rng)
+    channels = config.model.in_channels
+
+    # Denoiser forward, conditioned on prompt windows (encode + UNet), as sampling uses it.
+    x = jax.random.normal(rng, (forward_batch, seq_len, channels))
+    t = jnp.full((forward_batch,), 100, jnp.int32)
+
+    def forward(variables, x, t):
+        context, logits = model.apply(variables, x, train=False, method=TimeCraftModel.encode)
+        return model.apply(variables, x, t, context, logits, method=TimeCraftModel.denoise)
+
+    forward_jit = jax.jit(forward)
+    forward_compiled = forward_jit.lower(variables, x, t).compile()
+    forward_times = time_calls(forward_compiled, (variables, x, t), repeats)
+
+    state = create_train_state(variables, optimizer, rng)
+    batch = {"x": jax.random.normal(rng, (train_batch, seq_len, channels))}
+    step_jit = jax.jit(make_train_step(model, schedule, optimizer, config))
+    step_compiled = step_jit.lower(state, batch).compile()
+
+    def step_once(state, batch):
+        new_state, metrics = step_compiled(state, batch)
+        return metrics["loss"]
+
+    # The step is not donated here, so the same state can be reused for every call.
+    train_times = time_calls(step_once, (state, batch), repeats)
+
+    forward_median = statistics.median(forward_times)
+    train_median = statistics.median(train_times)
+    forward_flops = compiled_flops(forward_compiled)
+    train_flops = compiled_flops(step_compiled)
+    return {
+        "seq_len": seq_len,
+        "dtype": dtype,
+        "train_batch": train_batch,
+        "forward_batch": forward_batch,
+        "train_step_median_s": train_median,
+        "train_steps_per_s": 1.0 / train_median,
+        "forward_median_s": forward_median,
+        "forward_samples_per_s": forward_batch / forward_median,
+        "train_step_times_s": train_times,
+        "forward_times_s": forward_times,
+        "forward_gflop_per_sample": None if forward_flops is None else forward_flops / forward_batch / 1e9,
+        "forward_tflops_per_s": None if forward_flops is None else forward_flops / forward_median / 1e12,
+        "train_tflops_per_s": None if train_flops is None else train_flops / train_median / 1e12,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq_lens", default="24,96,168", help="Comma-separated sequence lengths.")
+    parser.add_argument("--dtypes", default="float32", help="Comma-separated compute dtypes: float32,bfloat16.")
+    parser.add_argument("--train_batch", type=int, default=64, help="Batch size of the train step.")
+    parser.add_argument("--forward_batch", type=int, default=256, help="Batch size of the forward pass.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed calls per measurement (median reported).")
+    parser.add_argument("--out", default="benchmarks/results/core.json", help="JSON output path.")
+    args = parser.parse_args()
+
+    device = jax.devices()[0]
+    header = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(getattr(device, "device_kind", device)),
+        "device_count": jax.device_count(),
+        "host": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "repeats": args.repeats,
+    }
+    print(json.dumps(header))
+    results = []
+    for dtype in args.dtypes.split(","):
+        for seq_len in [int(v) for v in args.seq_lens.split(",")]:
+            result = bench_length(seq_len, dtype, args.train_batch, args.forward_batch, args.repeats)
+            results.append(result)
+            print(f"L={seq_len:4d} {dtype:9s} train step (B={args.train_batch}) median "
+                  f"{result['train_step_median_s']:.3f} s | forward (B={args.forward_batch}) median "
+                  f"{result['forward_median_s']:.3f} s | forward GFLOP/sample "
+                  f"{result['forward_gflop_per_sample'] or float('nan'):.3f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": header, "results": results}, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
