@@ -8,7 +8,7 @@ from timecraft_jax.config_lib import base_config
 
 def get_config():
     config = base_config()
-    config.data.domains = ["electricity", "exchange", "nn5"]
+    config.data.domains = ("electricity", "exchange", "nn5")
     config.data.seq_len = 24
     config.data.batch_size = 8
     config.data.max_windows_per_domain = 200

@@ -144,3 +144,11 @@ def test_cli_unknown_domain_fails(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "unknown domain 'foo'" in result.stderr
+
+
+def test_air_gaps_filled_for_long_windows(tmp_path):
+    entry = prepare_domains(["air"], 336, tmp_path)["air"]
+    assert entry["nan_policy"] == "interpolate"
+    assert entry["max_gap"] == 12
+    assert entry["windows"] == {"train": 37, "val": 4}
+    assert np.isfinite(np.load(tmp_path / "air_336_train.npy")).all()

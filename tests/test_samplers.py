@@ -7,7 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from timecraft_jax import sampling
+from timecraft_jax.config_lib import load_config_file
 from timecraft_jax.diffusion import make_schedule
 from timecraft_jax.sampling import Conditioning
 
@@ -227,7 +229,7 @@ def test_quad_spacing_sample_is_finite(schedule):
     assert np.all(np.isfinite(np.asarray(sample)))
 
 
-def test_reference_ddim_runs_more_steps_when_t_not_divisible():
+def test_reference_ddim_extra_steps():
     timesteps = sampling.ddim_timesteps(200, 30, reference_compatible=True)
     np.testing.assert_array_equal(timesteps, np.arange(0, 200, 6) + 1)
     assert len(sampling.ddim_timesteps(200, 30)) == 30
@@ -362,9 +364,7 @@ models = pytest.importorskip("timecraft_jax.models")
 
 
 def tiny_model(conditioner="prototype", in_channels=1, num_classes=0):
-    from configs.tiny import get_config
-
-    config = get_config()
+    config = load_config_file(REPO_ROOT / "configs" / "tiny.py")
     config.model.conditioner = conditioner
     config.model.in_channels = in_channels
     config.model.num_classes = num_classes

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from timecraft_jax.config_lib import base_config
-from timecraft_jax.import_torch import _flatten, convert_unet_state_dict
+from flax.traverse_util import flatten_dict
+
+from timecraft_jax.import_torch import convert_unet_state_dict
 from timecraft_jax.models import TimeCraftModel, build_model
 
 RTOL = 1e-4
@@ -180,8 +182,8 @@ def test_loss_and_gradients(ref, small):
     # The null token is unused with keep=None, so the reference stores no gradient for it.
     assert "null_classes_emb" in meta["params_without_grad"]
     torch_grads["null_classes_emb"] = np.zeros_like(arrays["param/null_classes_emb"])
-    expected = _flatten(convert_unet_state_dict(torch_grads, config, seq_len))
-    actual = _flatten(grads)
+    expected = flatten_dict(convert_unet_state_dict(torch_grads, config, seq_len))
+    actual = flatten_dict(grads)
     assert set(actual) == set(expected)
 
     largest = max(float(np.max(np.abs(g))) for g in expected.values())

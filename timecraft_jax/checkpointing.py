@@ -64,6 +64,9 @@ def split_normalizers(normalizers: Mapping[str, Normalizer]) -> tuple[dict, dict
         if not arrays[domain]:
             # Orbax cannot store an empty subtree; a marker keeps the domain present.
             arrays[domain]["_empty"] = np.zeros((), np.int8)
+    if not arrays:
+        # Orbax cannot store an empty item either (imported weights have no normalizers).
+        arrays["_empty"] = np.zeros((), np.int8)
     return arrays, scalars
 
 
@@ -72,7 +75,8 @@ def merge_normalizers(arrays: Mapping[str, Mapping], scalars: Mapping[str, Mappi
     normalizers = {}
     for domain, scalar_part in scalars.items():
         state = dict(scalar_part)
-        for key, value in arrays.get(domain, {}).items():
+        domain_arrays = arrays.get(domain, {})
+        for key, value in (domain_arrays.items() if isinstance(domain_arrays, Mapping) else ()):
             if key != "_empty":
                 state[key] = np.asarray(value)
         normalizers[domain] = Normalizer.from_state_dict(state)

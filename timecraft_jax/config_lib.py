@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = data = ml_collections.ConfigDict()
     data.data_root = "data"  # Folder with {domain}_{L}_{train|val}.npy and manifest.json.
-    data.domains = list(IN_DOMAIN_NAMES)  # Training domains, in this order.
+    data.domains = IN_DOMAIN_NAMES  # Training domains, in this order (a tuple of names).
     data.seq_len = 96  # Window length L in time steps; a multiple of 8.
     data.normalizer = "centered_pit"  # centered_pit | pit | zscore | robust | minmax.
     data.per_channel_normalizer = False  # True: one normalizer per channel instead of pooled.
@@ -85,6 +85,19 @@ def base_config() -> ml_collections.ConfigDict:
     sampling.guidance_scale = 1.0  # Classifier-free guidance scale s; 1 is plain conditional.
     sampling.batch_size = 256  # Samples per compiled sampler call.
     sampling.use_ema = True  # Sample with EMA parameters.
+
+    config.benchmark = benchmark = ml_collections.ConfigDict()
+    benchmark.seeds = (0,)  # Training seeds; each table cell is the mean and std over them.
+    benchmark.checkpoint = "best"  # Checkpoint sampled: best (lowest EMA validation loss) | latest.
+    benchmark.unconditional = True  # Also train and score the same network with conditioner='none'.
+    benchmark.num_prompts = 100  # In-domain prompt windows per domain, drawn from its training split.
+    benchmark.repeats = 10  # Samples per prompt per round; sample j of a round follows prompt j // repeats.
+    benchmark.rounds = 5  # In-domain rounds of num_prompts * repeats samples per domain and model.
+    benchmark.unseen_domains = UNSEEN_DOMAIN_NAMES  # Held-out domains scored with the k-shot protocol.
+    benchmark.k_shots = (3, 10, 100)  # Prompt counts k of the k-shot protocol.
+    benchmark.num_test = 2000  # Test windows per unseen domain; fewer when the domain is too small.
+    benchmark.test_filter_domains = ("web",)  # Unseen domains whose test windows get the percentile filter.
+    benchmark.test_filter_percentile = 99.0  # The filter drops test windows whose max exceeds this percentile.
     return config
 
 
@@ -109,3 +122,20 @@ def repository_config(name: str):
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+
+
+def domain_names(value) -> list[str]:
+    """Domain names from `config.data.domains`.
+
+    Accepts a tuple of names, a comma-separated string ("electricity,exchange")
+    and the one-element tuple that `--config.data.domains=(a,b)` produces
+    without quotes.
+    """
+    items = [value] if isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        for name in str(item).strip("()[] ").split(","):
+            name = name.strip().strip("'\"")
+            if name:
+                names.append(name)
+    return names

@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from timecraft_jax.config_lib import domain_names
 from timecraft_jax.data import DataError
 from timecraft_jax.data.batching import to_univariate
 from timecraft_jax.data.normalizers import Normalizer, fit_normalizer
@@ -42,7 +43,7 @@ def load_domain_data(data_config: ml_collections.ConfigDict, seed: int) -> Domai
     Raises DataError for unknown domains, missing files, NaN values and empty
     training splits, naming the domain and the fix.
     """
-    domains = list(data_config.domains)
+    domains = domain_names(data_config.domains)
     if not domains:
         raise DataError("config.data.domains is empty; list at least one domain, e.g. --config.data.domains=electricity")
     if len(set(domains)) != len(domains):

@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from timecraft_jax.models import build_model, init_variables
 
@@ -60,12 +61,12 @@ IGNORED_TOP_LEVEL = frozenset(
     }
 )
 
-Path_ = Tuple[str, ...]
+FlaxPath = Tuple[str, ...]
 
 _log = logging.getLogger(__name__)
 
 
-def torch_module_to_flax(module: str) -> Path_:
+def torch_module_to_flax(module: str) -> FlaxPath:
     """Map a PyTorch module path to a flax path: `a.1.b.0` becomes `('a_1', 'b_0')`."""
     path: List[str] = []
     for part in module.split("."):
@@ -76,7 +77,7 @@ def torch_module_to_flax(module: str) -> Path_:
     return tuple(path)
 
 
-def flax_to_torch_name(path: Path_) -> str:
+def flax_to_torch_name(path: FlaxPath) -> str:
     """Inverse of the naming rule for a flax leaf path, used in error messages."""
     *modules, leaf = path
     torch_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight", "mean": "running_mean",
@@ -85,27 +86,9 @@ def flax_to_torch_name(path: Path_) -> str:
     return ".".join(parts + [torch_leaf])
 
 
-def _flatten(tree: Mapping, prefix: Path_ = ()) -> Dict[Path_, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[Path_, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
-
-
-def _convert_weight(torch_name: str, value: np.ndarray, module: Path_, leaves: Iterable[str]) -> Tuple[Path_, np.ndarray]:
+def _convert_weight(
+    torch_name: str, value: np.ndarray, module: FlaxPath, leaves: Iterable[str]
+) -> Tuple[FlaxPath, np.ndarray]:
     """Pick the flax leaf for a `.weight` tensor from the leaves the target module has."""
     leaves = set(leaves)
     if "kernel" in leaves:
@@ -123,7 +106,7 @@ def _convert_weight(torch_name: str, value: np.ndarray, module: Path_, leaves: I
 
 def _convert_collections(
     sd: Mapping[str, np.ndarray],
-    expected: Mapping[str, Mapping[Path_, object]],
+    expected: Mapping[str, Mapping[FlaxPath, object]],
     name_map,
     what: str,
 ) -> Dict[str, dict]:
@@ -133,12 +116,12 @@ def _convert_collections(
     tensor, None for a known-and-ignored tensor, or raises KeyError when the
     name is unknown.
     """
-    modules: Dict[str, Dict[Path_, set]] = {}
+    modules: Dict[str, Dict[FlaxPath, set]] = {}
     for collection, flat in expected.items():
         for path in flat:
             modules.setdefault(collection, {}).setdefault(path[:-1], set()).add(path[-1])
 
-    converted: Dict[str, Dict[Path_, np.ndarray]] = {c: {} for c in expected}
+    converted: Dict[str, Dict[FlaxPath, np.ndarray]] = {c: {} for c in expected}
     unknown, mismatched = [], []
     for torch_name, value in sd.items():
         try:
@@ -182,7 +165,7 @@ def _convert_collections(
         problems.append(f"shape mismatches: {mismatched}")
     if problems:
         raise ValueError(f"cannot convert the {what} state dict; " + "; ".join(problems))
-    return {collection: _unflatten(flat) for collection, flat in converted.items()}
+    return {collection: unflatten_dict(flat) for collection, flat in converted.items()}
 
 
 def _expected_shapes(model_config, seq_len: int) -> dict:
@@ -208,12 +191,15 @@ def convert_unet_state_dict(sd: Mapping[str, np.ndarray], model_config, seq_len:
     Returns the flax 'params' tree of the 'unet' submodule.
     """
     shapes = _expected_shapes(model_config, seq_len)
-    expected = {"params": _flatten(shapes["params"]["unet"])}
+    expected = {"params": flatten_dict(shapes["params"]["unet"])}
     return _convert_collections(sd, expected, _unet_name_map, "UNet")["params"]
 
 
 def convert_conditioner_state_dict(sd: Mapping[str, np.ndarray], model_config, seq_len: int) -> Tuple[dict, dict, dict]:
-    """Convert a bare conditioner state dict (`share_encoder.*`, `mask_ffn.*`, `latents` or `in_encoder.*`, `out_encoder.*`).
+    """Convert a bare conditioner state dict.
+
+    Names are `share_encoder.*`, `mask_ffn.*` and `latents` for the prototype
+    conditioner, or `in_encoder.*` and `out_encoder.*` for the encoder.
 
     Returns `(params, batch_stats, constants)` for the 'conditioner' submodule;
     `constants` is `{'prototypes': ...}` for the prototype conditioner and
@@ -223,11 +209,11 @@ def convert_conditioner_state_dict(sd: Mapping[str, np.ndarray], model_config, s
         raise ValueError("model.conditioner is 'none'; there is no conditioner to convert")
     shapes = _expected_shapes(model_config, seq_len)
     expected = {
-        "params": _flatten(shapes["params"]["conditioner"]),
-        "batch_stats": _flatten(shapes["batch_stats"]["conditioner"]),
+        "params": flatten_dict(shapes["params"]["conditioner"]),
+        "batch_stats": flatten_dict(shapes["batch_stats"]["conditioner"]),
     }
     if "constants" in shapes:
-        expected["constants"] = _flatten(shapes["constants"]["conditioner"])
+        expected["constants"] = flatten_dict(shapes["constants"]["conditioner"])
 
     def name_map(torch_name):
         if torch_name == "latents":
@@ -272,13 +258,13 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], model_config, seq_len: int,
     if unknown:
         raise ValueError(f"cannot convert the checkpoint; unknown keys: {sorted(unknown)}")
 
+    dotless_to_name = {EMA_UNET_PREFIX + name.replace(".", ""): name for name in unet_sd}
+    stray = sorted(k for k in ema_sd if k not in dotless_to_name)
+    if stray:
+        raise ValueError(f"cannot convert the checkpoint; unknown EMA keys: {stray}")
     if use_ema:
         if not ema_sd:
             raise ValueError("use_ema=True but the checkpoint has no 'model_ema.*' weights; convert without --use_ema")
-        dotless_to_name = {EMA_UNET_PREFIX + name.replace(".", ""): name for name in unet_sd}
-        stray = sorted(k for k in ema_sd if k not in dotless_to_name)
-        if stray:
-            raise ValueError(f"cannot convert the checkpoint; unknown EMA keys: {stray}")
         missing = sorted(k for k, name in dotless_to_name.items()
                          if k not in ema_sd and not _DEAD_UNET_PATTERN.search(name))
         if missing:
@@ -350,7 +336,9 @@ def load_config(config_path):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert a PyTorch TimeCraft checkpoint into a timecraft-jax checkpoint.")
+    parser = argparse.ArgumentParser(
+        description="Convert a PyTorch TimeCraft checkpoint into a timecraft-jax checkpoint."
+    )
     parser.add_argument("--checkpoint", required=True, help="Lightning .ckpt, .pt, .npz or .safetensors state dict.")
     parser.add_argument("--config", required=True, help="Python config file whose get_config() matches the checkpoint.")
     parser.add_argument("--out", required=True, help="Output directory of the converted checkpoint.")

@@ -1,7 +1,7 @@
 """Reverse-diffusion samplers: ancestral DDPM and DDIM, each one `jax.lax.scan`.
 
-Samplers take an `eps_fn(variables, x_t, t, cond) -> eps_hat` with x_t (B, T, C),
-t (B,) int32 and a `Conditioning`, so a toy function can stand in for the model;
+Samplers call a denoiser `eps_fn(variables, x_t, t, cond) -> eps_hat` with x_t
+(B, T, C), t (B,) int32 and a `Conditioning`. Tests pass a toy function, and
 `make_model_eps_fn` adapts a `TimeCraftModel`.
 
 Randomness is per sample. Sample i of a run with seed s uses the key

@@ -109,12 +109,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_at_step: 
     logging.info("JAX %s, backend %s, %d device(s): %s", jax.__version__, jax.default_backend(), len(devices),
                  ", ".join(str(d) for d in devices))
     check_batch_size(config.data.batch_size, mesh)
+    # Built first so that an invalid model config fails before any data is prepared.
+    model = build_model(config.model, config.data.seq_len)
 
     data = load_domain_data(config.data, config.seed)
     if data.channels != config.model.in_channels:
         raise ValueError(f"the prepared data has {data.channels} channel(s) but config.model.in_channels="
                          f"{config.model.in_channels}; set --config.model.in_channels={data.channels}")
-    model = build_model(config.model, config.data.seq_len)
     schedule = diffusion.schedule_from_config(config.diffusion)
     optimizer = make_optimizer(config.optimizer)
 

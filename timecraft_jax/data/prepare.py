@@ -171,7 +171,7 @@ def prepare_domains(
       seq_len: window length L.
       data_root: output folder, created if needed.
       nan_policy: 'drop' or 'interpolate' (see `split_windows`). A domain whose spec sets
-        `fill_gaps` (nn5) is interpolated with max_gap >= fill_gaps under either policy; the
+        `fill_gaps` (nn5, air) is interpolated with max_gap >= fill_gaps under either policy; the
         manifest records the policy applied.
       max_gap: maximum NaN gap, in steps, that 'interpolate' fills.
       overwrite: rewrite files that already exist; otherwise existing (domain, L) files are kept.

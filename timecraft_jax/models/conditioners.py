@@ -19,8 +19,9 @@ class BatchNorm1d(nn.Module):
 
     Training normalises with the biased batch variance and updates the running
     variance with the unbiased one (`n / (n - 1)` correction), as
-    `torch.nn.BatchNorm1d` does; flax's BatchNorm uses the biased variance for
-    both. `momentum` is the flax convention (0.9 equals PyTorch's 0.1).
+    `torch.nn.BatchNorm1d` does. Flax's BatchNorm uses the biased variance for
+    both, so it cannot reproduce PyTorch's running statistics. `momentum` is
+    the flax convention (0.9 equals PyTorch's 0.1).
     Parameters are 'scale' and 'bias'; running statistics are 'mean' and 'var'
     in the 'batch_stats' collection.
     """
@@ -35,11 +36,11 @@ class BatchNorm1d(nn.Module):
         x32 = x.astype(jnp.float32)
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
 
         if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
+            mean, var = running_mean.value, running_var.value
         else:
             axes = tuple(range(x.ndim - 1))
             n = x32.size // features
@@ -47,8 +48,8 @@ class BatchNorm1d(nn.Module):
             var = jnp.square(x32 - mean).mean(axis=axes)
             if not self.is_initializing():
                 unbiased_var = var * (n / max(n - 1, 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased_var
+                running_mean.value = self.momentum * running_mean.value + (1.0 - self.momentum) * mean
+                running_var.value = self.momentum * running_var.value + (1.0 - self.momentum) * unbiased_var
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return y.astype(x.dtype)
 

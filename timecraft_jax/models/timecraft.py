@@ -143,6 +143,8 @@ class TimeCraftModel(nn.Module):
         if text is not None:
             if not self.text_dim:
                 raise ValueError("text was given but text_dim is 0; set model.text_dim")
+            if context is None:
+                raise ValueError("text is fused into the context tokens, so it needs a context; got context=None")
             if text.shape != (batch, self.text_dim):
                 raise ValueError(f"text has shape {text.shape}; expected ({batch}, {self.text_dim})")
         return self.unet(x_t, t, context, logits, keep, y, text)
@@ -215,6 +217,10 @@ def build_model(model_config: ml_collections.ConfigDict, seq_len: int) -> TimeCr
         raise ValueError(f"model.text_fusion {mc.text_fusion!r} is not one of {FUSION_TYPES}")
     if mc.dtype not in DTYPES:
         raise ValueError(f"model.dtype {mc.dtype!r} is not one of {tuple(DTYPES)}")
+    if mc.in_channels <= 0 or mc.num_res_blocks <= 0:
+        raise ValueError(
+            f"model.in_channels {mc.in_channels} and model.num_res_blocks {mc.num_res_blocks} must be positive"
+        )
     if mc.text_dim < 0 or mc.num_classes < 0:
         raise ValueError(f"model.text_dim {mc.text_dim} and model.num_classes {mc.num_classes} must be >= 0")
     if mc.text_dim and mc.conditioner == "none":
@@ -268,5 +274,7 @@ def example_inputs(model: TimeCraftModel, batch_size: int = 1) -> dict:
 
 def init_variables(model: TimeCraftModel, rng: jax.Array, batch_size: int = 1) -> dict:
     """Initialise 'params', 'batch_stats' and 'constants' (see `TimeCraftModel`)."""
-    variables = model.init({"params": rng}, **example_inputs(model, batch_size))
+    inputs = example_inputs(model, batch_size)
+    # Compiled, because running the initialisation op by op takes about a minute on CPU.
+    variables = jax.jit(lambda key: model.init({"params": key}, **inputs))(rng)
     return {name: collection for name, collection in variables.items() if name != "intermediates"}

@@ -328,6 +328,7 @@ class UNet1D(nn.Module):
         if context is not None:
             context = context.astype(jnp.float32)
             if keep is not None:
+                keep = keep.astype(jnp.float32)
                 context = keep * context + (1.0 - keep) * null_token[None]
             if self.text_dim and text is not None:
                 fusion = ConditioningMLP(self.context_dim, self.text_fusion, self.dtype, name="conditioning_mlp")
@@ -339,7 +340,7 @@ class UNet1D(nn.Module):
             logits = logits.astype(jnp.float32)
             bias = jnp.where(logits > 0, logits, MASKED_LOGIT)  # [B, N]
             all_masked = jnp.all(logits <= 0, axis=-1)  # [B]
-        cond = (context, bias, all_masked, null_token)
+        conditioning = (context, bias, all_masked, null_token)
 
         h = x_t.astype(self.dtype)
         skips = []
@@ -347,14 +348,14 @@ class UNet1D(nn.Module):
         self.sow("intermediates", "input_blocks_0", h)
         skips.append(h)
         channels = self.model_channels
-        ds = 1
+        ds = 1  # Downsample factor of the current level, matched against attention_resolutions.
         block = 1
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
                 channels = mult * self.model_channels
                 h = ResBlock(channels, dtype=self.dtype, name=f"input_blocks_{block}_0")(h, emb)
                 if ds in self.attention_resolutions:
-                    h = self._transformer(channels, f"input_blocks_{block}_1")(h, *cond)
+                    h = self._transformer(channels, f"input_blocks_{block}_1")(h, *conditioning)
                 self.sow("intermediates", f"input_blocks_{block}", h)
                 skips.append(h)
                 block += 1
@@ -366,7 +367,7 @@ class UNet1D(nn.Module):
                 ds *= 2
 
         h = ResBlock(channels, dtype=self.dtype, name="middle_block_0")(h, emb)
-        h = self._transformer(channels, "middle_block_1")(h, *cond)
+        h = self._transformer(channels, "middle_block_1")(h, *conditioning)
         h = ResBlock(channels, dtype=self.dtype, name="middle_block_2")(h, emb)
         self.sow("intermediates", "middle_block", h)
 
@@ -378,7 +379,7 @@ class UNet1D(nn.Module):
                 h = ResBlock(channels, dtype=self.dtype, name=f"output_blocks_{block}_0")(h, emb)
                 layer = 1
                 if ds in self.attention_resolutions:
-                    h = self._transformer(channels, f"output_blocks_{block}_1")(h, *cond)
+                    h = self._transformer(channels, f"output_blocks_{block}_1")(h, *conditioning)
                     layer = 2
                 if level and i == self.num_res_blocks:
                     h = ResBlock(channels, up=True, dtype=self.dtype, name=f"output_blocks_{block}_{layer}")(h, emb)
