@@ -17,11 +17,14 @@ def get_config():
     config.model.attention_resolutions = (1, 2)
     config.model.num_heads = 4
     config.model.context_dim = 16
-    config.training.num_steps = 3000
+    config.training.num_steps = 2000
     config.training.log_every = 100
     config.training.eval_every = 500
     config.training.eval_batches = 4
     config.training.checkpoint_every = 500
     config.optimizer.warmup_steps = 200
     config.sampling.batch_size = 500
+    # DDIM with 50 of the 200 steps keeps sampling 12 domains to about a minute on CPU.
+    config.sampling.sampler = "ddim"
+    config.sampling.num_steps = 50
     return config

@@ -31,6 +31,7 @@ class SamplingBundle:
     domains: list[str]
     step: int
     use_ema: bool
+    _encode: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def seq_len(self) -> int:
@@ -39,6 +40,14 @@ class SamplingBundle:
     @property
     def channels(self) -> int:
         return int(self.config.model.in_channels)
+
+    def encode_fn(self):
+        """The jitted `(variables, x) -> (context, logits)` of the conditioner in inference mode, built once."""
+        if self._encode is None:
+            model = self.model
+            self._encode = jax.jit(lambda variables, x: model.apply(variables, x, train=False,
+                                                                    method=TimeCraftModel.encode))
+        return self._encode
 
 
 def load_bundle(workdir: str | Path, which: str = "best", use_ema: bool = True) -> SamplingBundle:
@@ -64,8 +73,7 @@ def encode_prompts(bundle: SamplingBundle, prompts: np.ndarray, batch_size: int 
     conditioner = bundle.config.model.conditioner
     if conditioner == "none":
         return sampling.Conditioning()
-    encode = jax.jit(lambda variables, x: bundle.model.apply(variables, x, train=False,
-                                                             method=TimeCraftModel.encode))
+    encode = bundle.encode_fn()
     contexts, logits = [], []
     for start in range(0, len(prompts), batch_size):
         context, logit = encode(bundle.variables, jnp.asarray(prompts[start:start + batch_size], jnp.float32))
@@ -118,10 +126,14 @@ def make_sample_fn(bundle: SamplingBundle, sampling_config: ml_collections.Confi
 
 
 def generate_from_prompts(bundle: SamplingBundle, prompts_normalized: np.ndarray, num_samples: int,
-                          sampling_config: ml_collections.ConfigDict, seed: int) -> np.ndarray:
-    """Generate `num_samples` normalized samples; sample j follows prompt j mod k."""
+                          sampling_config: ml_collections.ConfigDict, seed: int, sample_fn=None) -> np.ndarray:
+    """Generate `num_samples` normalized samples; sample j follows prompt j mod k.
+
+    Pass the `sample_fn` of `make_sample_fn` to reuse one compiled sampler across calls.
+    """
     cond = round_robin(encode_prompts(bundle, prompts_normalized), num_samples)
-    sample_fn = make_sample_fn(bundle, sampling_config)
+    if sample_fn is None:
+        sample_fn = make_sample_fn(bundle, sampling_config)
     return sampling.generate(sample_fn, bundle.variables, cond, num_samples, sampling_config.batch_size, seed)
 
 

@@ -26,7 +26,7 @@ from timecraft_jax.config_lib import load_config_file, repository_config
 from timecraft_jax.data import DataError
 from timecraft_jax.data.batching import to_univariate
 from timecraft_jax.generation import (check_finite_samples, draw_prompts, generate_from_prompts, load_bundle,
-                                      sampling_metadata, training_windows, warn_if_collapsed)
+                                      make_sample_fn, sampling_metadata, training_windows, warn_if_collapsed)
 from timecraft_jax.logging_utils import setup_logging
 from timecraft_jax.metrics import compute_metrics
 from timecraft_jax.plots import plot_real_vs_generated
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> str:
 
     bundle = load_bundle(workdir, "best")
     sampling_config = bundle.config.sampling
+    sample_fn = make_sample_fn(bundle, sampling_config)
     rows = []
     for domain in bundle.domains:
         normalizer = bundle.normalizers[domain]
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> str:
         prompts = draw_prompts(train_raw, min(100, args.num_samples), args.seed)
         logging.info("sampling %d series for %s", args.num_samples, domain)
         normalized = generate_from_prompts(bundle, normalizer.transform(prompts), args.num_samples,
-                                           sampling_config, args.seed)
+                                           sampling_config, args.seed, sample_fn=sample_fn)
         samples = normalizer.inverse_transform(normalized).astype(np.float32)
         check_finite_samples(samples, f"domain {domain}")
         warn_if_collapsed(samples, domain)
