@@ -3,22 +3,22 @@
 #
 #   launch/reproduce_timedp.sh [CONFIG] [WORKDIR] [EXTRA BENCHMARK FLAGS...]
 #
-# CONFIG defaults to configs/timedp_cpu.py and WORKDIR to runs/<config name>. Prepared windows go
-# to $DATA_ROOT (default: data/). Extra flags go to `python -m timecraft_jax.benchmark`, for example
-# --seeds 0,1,2 or --config.training.num_steps=500. Running it again resumes an interrupted run.
+# CONFIG defaults to configs/timedp_cpu.py of this repository and WORKDIR to runs/<config name>.
+# Relative paths are taken from the current directory. Prepared windows go to $DATA_ROOT (default:
+# data/). Extra flags go to `python -m timecraft_jax.benchmark`, for example --seeds 0,1,2 or
+# --config.training.num_steps=500. Running the script again resumes an interrupted run.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
-
-config="${1:-configs/timedp_cpu.py}"
+config="${1:-$repo_root/configs/timedp_cpu.py}"
 workdir="${2:-runs/$(basename "$config" .py)}"
 shift $(( $# < 2 ? $# : 2 ))
 data_root="${DATA_ROOT:-data}"
 python="${PYTHON:-python}"
+export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ ! -f "$config" ]]; then
-    echo "error: config file $config not found; pass a file from configs/, e.g. configs/timedp_cpu.py" >&2
+    echo "error: config file $config not found; pass a file from $repo_root/configs, e.g. configs/timedp_cpu.py" >&2
     exit 2
 fi
 

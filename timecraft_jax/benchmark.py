@@ -149,6 +149,11 @@ def validate_benchmark_config(config: ml_collections.ConfigDict) -> None:
     if unknown:
         raise BenchmarkConfigError(f"config.benchmark.test_filter_domains lists {unknown}, which are not in "
                                    f"config.benchmark.unseen_domains={domain_names(bench.unseen_domains)}")
+    if not config.data.univariate or config.model.in_channels != 1:
+        raise BenchmarkConfigError(
+            f"the benchmark scores univariate windows, as the reference does, but config.data.univariate="
+            f"{config.data.univariate} and config.model.in_channels={config.model.in_channels}; set "
+            f"--config.data.univariate=True --config.model.in_channels=1")
     if config.sampling.batch_size < 1:
         raise BenchmarkConfigError(f"config.sampling.batch_size={config.sampling.batch_size} must be >= 1")
 
@@ -410,8 +415,7 @@ class _SeedRun:
                 raise CheckpointError(
                     f"{workdir} contains a model with seed {bundle.config.seed} and conditioner "
                     f"{bundle.config.model.conditioner!r}, expected seed {self.seed} and "
-                    f"{expected.model.conditioner!r}; "
-                    f"use a new --workdir")
+                    f"{expected.model.conditioner!r}; use a new --workdir")
             self.bundles[model] = bundle
             self.sample_fns[model] = make_sample_fn(bundle, self.config.sampling)
         return self.bundles[model]
@@ -439,7 +443,7 @@ def _metric_record(metrics: dict, **details) -> dict:
 def run_indomain(run: _SeedRun) -> None:
     """Generate and score the in-domain samples of every model and domain of one seed."""
     config, bench = run.config, run.config.benchmark
-    seq_len, per_round = int(config.data.seq_len), bench.num_prompts * bench.repeats
+    per_round = bench.num_prompts * bench.repeats
     domains = domain_names(config.data.domains)
     paths = [indomain_sample_path(run.seed_dir, model, domain, r)
              for model in run.models for domain in domains for r in range(bench.rounds)]
@@ -448,7 +452,6 @@ def run_indomain(run: _SeedRun) -> None:
         train_raw, val_raw = load_indomain_windows(config.data, domain)
         for model in run.models:
             samples = _indomain_rounds(run, progress, model, domain, domain_index, train_raw)
-            assert samples.shape == (bench.rounds * per_round, seq_len, 1)
             if not metrics_path(run.seed_dir, model, domain).is_file():
                 run.write_metrics(model, domain, _metric_record(
                     compute_metrics(val_raw, samples), domain=domain, checkpoint_step=run.bundle(model).step,
