@@ -113,10 +113,16 @@ def training_windows(bundle: SamplingBundle, domain: str) -> np.ndarray:
 
 
 def draw_prompts(windows: np.ndarray, num_prompts: int, seed: int) -> np.ndarray:
-    """Draw prompt windows under `seed`: without replacement when there are enough windows."""
+    """Draw prompt windows under `seed`: without replacement when there are enough windows.
+
+    The first n prompts are the same for every `num_prompts` >= n, so asking
+    for more prompts never changes the earlier ones.
+    """
     rng = np.random.default_rng([seed, 7])
-    replace = num_prompts > len(windows)
-    index = rng.choice(len(windows), size=num_prompts, replace=replace)
+    if num_prompts > len(windows):
+        index = rng.integers(0, len(windows), size=num_prompts)
+    else:
+        index = rng.permutation(len(windows))[:num_prompts]
     return windows[index]
 
 

@@ -101,7 +101,8 @@ def sample_domain(args: argparse.Namespace, bundle, sampling_config: ml_collecti
     if num_prompts < 1:
         raise ValueError(f"--num_prompts must be >= 1, got {num_prompts}")
     normalizer = bundle.normalizers[args.domain]
-    num_prompts = min(num_prompts, args.num_samples)
+    # All prompts are drawn even when fewer samples are requested, so sample j follows the same
+    # prompt (j mod k) whatever the number of samples.
     prompts = draw_prompts(training_windows(bundle, args.domain), num_prompts, args.seed)
     logging.info("sampling %d series of domain %s with %s from %d prompt windows", args.num_samples, args.domain,
                  sampling_config.sampler, len(prompts))
