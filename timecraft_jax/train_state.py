@@ -29,6 +29,11 @@ class TrainState:
     rng: jnp.ndarray  # [2] uint32 base key; step keys are fold_in(rng, step).
 
 
+def global_norm(tree: PyTree) -> jnp.ndarray:
+    """L2 norm over all leaves of `tree`."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
 def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up from 1e-6 * lr to lr over `warmup_steps`, then constant.
 
@@ -138,9 +143,9 @@ def make_train_step(model: TimeCraftModel, schedule: diffusion.Schedule, optimiz
         ema_params = jax.tree_util.tree_map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
-            "update_norm": optax.global_norm(updates),
+            "grad_norm": global_norm(grads),
+            "param_norm": global_norm(params),
+            "update_norm": global_norm(updates),
         }
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats,
                                   ema_params=ema_params, opt_state=opt_state)
