@@ -6,6 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from timecraft_jax.data import DataError
+
 from timecraft_jax import fewshot, sampling
 from timecraft_jax.fewshot import PromptError, load_prompt_file
 from timecraft_jax.generation import generate_from_prompts, load_bundle, round_robin
@@ -74,8 +76,17 @@ def test_csv_column_selection(tmp_path):
     np.savetxt(path, prompts[:, :, 0].T, delimiter=",", header="a,b,c", comments="", fmt="%.10g")
     loaded = load_univariate(path, columns=["c", "0"])
     np.testing.assert_allclose(loaded[:, :, 0], prompts[[2, 0], :, 0], rtol=1e-9)
-    with pytest.raises(PromptError, match="'d' not found"):
+    with pytest.raises(DataError, match="'d' not found"):
         load_univariate(path, columns=["d"])
+
+
+def test_csv_with_date_column(tmp_path):
+    path = tmp_path / "dated.csv"
+    rows = ["date,a,b"] + [f"2020-01-{i + 1:02d},{i},{2 * i}" for i in range(24)]
+    path.write_text("\n".join(rows) + "\n")
+    loaded = load_univariate(path, columns=["a", "2"])
+    np.testing.assert_allclose(loaded[0, :, 0], np.arange(24))
+    np.testing.assert_allclose(loaded[1, :, 0], 2 * np.arange(24))
 
 
 def test_csv_shorter_column_windowed(tmp_path):

@@ -81,21 +81,6 @@ def _read_npy_prompts(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return list(array.astype(np.float64)), [f"row {i}" for i in range(array.shape[0])]
 
 
-def _select_columns(names: list[str], columns: Sequence[str | int], path: Path) -> list[int]:
-    """Map column names or 0-based positions to positions in `names`."""
-    positions = []
-    for column in columns:
-        text = str(column)
-        if text in names:
-            positions.append(names.index(text))
-        elif text.lstrip("-").isdigit() and -len(names) <= int(text) < len(names):
-            positions.append(int(text) % len(names))
-        else:
-            raise PromptError(f"column {text!r} not found in {path}; available columns: {names} "
-                              f"(or a position from 0 to {len(names) - 1})")
-    return positions
-
-
 def _strip_trailing_nan(column: np.ndarray) -> np.ndarray:
     finite = np.flatnonzero(~np.isnan(column[:, 0]))
     return column[: finite[-1] + 1] if finite.size else column[:0]
@@ -103,11 +88,9 @@ def _strip_trailing_nan(column: np.ndarray) -> np.ndarray:
 
 def _read_delimited_prompts(path: Path, columns: Sequence[str | int] | None,
                             columns_are_channels: bool) -> tuple[list[np.ndarray], list[str]]:
-    table = read_delimited(path)
-    values, names = table.series[0], table.channel_names  # [T, C_file]
-    if columns:
-        keep = _select_columns(names, columns, path)
-        values, names = values[:, keep], [names[i] for i in keep]
+    # Selecting the columns while reading lets a file carry date or label columns beside the prompts.
+    table = read_delimited(path, columns=list(columns) if columns else None)
+    values, names = table.series[0], table.channel_names  # [T, C_selected]
     if columns_are_channels:
         return [values], [f"{path.name} (columns {', '.join(names)})"]
     series = [_strip_trailing_nan(values[:, [j]]) for j in range(values.shape[1])]

@@ -116,6 +116,8 @@ def _select(names: Sequence[str], selection: Sequence[str | int] | None, what: s
         selection = [selection]
     positions = []
     for item in selection:
+        if isinstance(item, str) and item not in names and item.lstrip("-").isdigit():
+            item = int(item)  # A position given on the command line.
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
             if not -len(names) <= item < len(names):
                 raise DataError(f"{what} index {item} is out of range for {path}, which has {len(names)} {what}s")
@@ -317,7 +319,7 @@ def read_delimited(
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
                 f"column {name!r} of {path} is not numeric: data row {row} contains {raw.iloc[row]!r}; "
-                f"select numeric columns with `columns`, or pass `date_column={name!r}` if it contains dates"
+                f"select numeric columns (--columns / --prompt_column), or drop a date column (--date_column {name!r})"
             )
         values[:, j] = numbers.to_numpy(dtype=np.float64)
 
