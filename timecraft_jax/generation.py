@@ -42,7 +42,7 @@ class SamplingBundle:
         return int(self.config.model.in_channels)
 
     def encode_fn(self):
-        """The jitted `(variables, x) -> (context, logits)` of the conditioner in inference mode, built once."""
+        """Return the jitted `(variables, x) -> (context, logits)` of the conditioner in inference mode, built once."""
         if self._encode is None:
             model = self.model
             self._encode = jax.jit(lambda variables, x: model.apply(variables, x, train=False,
@@ -99,7 +99,7 @@ def round_robin(cond: sampling.Conditioning, num_samples: int) -> sampling.Condi
 
 
 def training_windows(bundle: SamplingBundle, domain: str) -> np.ndarray:
-    """The raw training windows of `domain` as the model was trained on them."""
+    """Load the raw training windows of `domain` as the model was trained on them."""
     data_root = Path(bundle.config.data.data_root)
     path = data_root / f"{domain}_{bundle.seq_len}_train.npy"
     if not path.is_file():

@@ -46,7 +46,7 @@ DEFAULT_NUM_PROMPTS = 100
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m timecraft_jax.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="Training workdir that holds the checkpoints.")
+    parser.add_argument("--workdir", required=True, help="Training workdir that contains the checkpoints.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--domain", help="Training domain whose training windows prompt the model.")
     source.add_argument("--prompts", help="Prompt file (.npy, .csv or .tsf) of k example series; see above.")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sampling_config_from_args(base: ml_collections.ConfigDict, args: argparse.Namespace) -> ml_collections.ConfigDict:
-    """The checkpoint's sampling config with the command-line overrides applied and checked."""
+    """Return the checkpoint's sampling config with the command-line overrides applied and checked."""
     config = ml_collections.ConfigDict(base.to_dict())
     for name in ("sampler", "num_steps", "eta", "guidance_scale", "batch_size"):
         value = getattr(args, name)

@@ -78,7 +78,7 @@ def create_train_state(variables: PyTree, optimizer: optax.GradientTransformatio
 
 
 def ema_decay(num_updates: jnp.ndarray, max_decay: float) -> jnp.ndarray:
-    """The reference's EMA decay: min(max_decay, (1 + n) / (10 + n)) after n updates."""
+    """Return the EMA decay of the reference: min(max_decay, (1 + n) / (10 + n)) after n updates."""
     n = num_updates.astype(jnp.float32)
     return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
 

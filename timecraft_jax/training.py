@@ -32,11 +32,11 @@ class TrainingDivergedError(RuntimeError):
 
 
 class ConfigMismatchError(ValueError):
-    """A workdir holds a checkpoint of a run with a different config."""
+    """A workdir contains a checkpoint of a run with a different config."""
 
 
 def make_mesh() -> Mesh:
-    """A one-axis ('data') mesh over every visible device."""
+    """Build a one-axis ('data') mesh over every visible device."""
     return Mesh(np.asarray(jax.devices()), ("data",))
 
 
@@ -55,7 +55,7 @@ def _check_resume_config(saved: dict, config: ml_collections.ConfigDict, workdir
                 key for key in set(saved.get(section, {})) | set(current.get(section, {}))
                 if saved.get(section, {}).get(key) != current.get(section, {}).get(key))
             raise ConfigMismatchError(
-                f"{workdir} holds a checkpoint trained with different config.{section} values for {differing}; "
+                f"{workdir} contains a checkpoint trained with different config.{section} values for {differing}; "
                 f"use a new --workdir or the saved config ({workdir / 'config.json'})")
 
 
