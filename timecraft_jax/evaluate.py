@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from timecraft_jax import metrics, plots, samples_io
+from timecraft_jax.data.batching import to_univariate
 from timecraft_jax.samples_io import SeriesInputError
 
 METRICS_JSON = "metrics.json"
@@ -115,7 +116,7 @@ def load_domain_reference(data_root, domain, seq_len, n_channels):
     reference = samples_io.load_series_array(path)
     if n_channels == 1 and reference.shape[2] > 1:
         logging.info("Reshaping %s from %s to univariate windows (N * C, T, 1).", path, reference.shape)
-        reference = reference.transpose(0, 2, 1).reshape(-1, reference.shape[1], 1)
+        reference = to_univariate(reference)
     return reference, path
 
 

@@ -24,10 +24,10 @@ import numpy as np
 from timecraft_jax.checkpointing import CheckpointError
 from timecraft_jax.config_lib import load_config_file, repository_config
 from timecraft_jax.data import DataError
-from timecraft_jax.data.batching import to_univariate
 from timecraft_jax.generation import (check_finite_samples, draw_prompts, generate_from_prompts, load_bundle,
                                       make_sample_fn, sampling_metadata, training_windows, warn_if_collapsed)
 from timecraft_jax.logging_utils import setup_logging
+from timecraft_jax.evaluate import load_domain_reference
 from timecraft_jax.metrics import compute_metrics
 from timecraft_jax.plots import plot_real_vs_generated
 from timecraft_jax.samples_io import save_samples
@@ -106,9 +106,7 @@ def run(args: argparse.Namespace) -> str:
         warn_if_collapsed(samples, domain)
         save_samples(workdir / "samples" / f"{domain}.npy", samples,
                      sampling_metadata(bundle, sampling_config, args.seed, domain=domain, num_prompts=len(prompts)))
-        val_raw = np.load(Path(args.data_root) / f"{domain}_{bundle.seq_len}_val.npy")
-        if bundle.config.data.univariate:
-            val_raw = to_univariate(val_raw)
+        val_raw, _ = load_domain_reference(args.data_root, domain, bundle.seq_len, n_channels=samples.shape[-1])
         generated = compute_metrics(val_raw, samples)
         floor = floor_metrics(train_raw, val_raw, args.num_samples, args.seed)
         row = {"domain": domain, "n_real": generated["n_real"], "n_gen": generated["n_gen"]}
