@@ -103,7 +103,7 @@ def load_domain_data(data_config: ml_collections.ConfigDict, seed: int) -> Domai
 
 
 def validation_batches(data: DomainData, batch_size: int, num_batches: int, seed: int) -> list[np.ndarray]:
-    """A fixed set of normalized validation batches drawn from all domains.
+    """Return a fixed set of normalized validation batches drawn from all domains.
 
     Windows are shuffled once under `seed` and repeated when there are fewer
     than `batch_size * num_batches`, so every batch has the compiled shape.
