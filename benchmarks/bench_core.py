@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from timecraft_jax import diffusion
+from timecraft_jax import diffusion, xla_options
 from timecraft_jax.config_lib import load_config_file, repository_config
 from timecraft_jax.models import TimeCraftModel, build_model, init_variables
 from timecraft_jax.train_state import create_train_state, make_optimizer, make_train_step
@@ -64,13 +64,13 @@ def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
         context, logits = model.apply(variables, x, train=False, method=TimeCraftModel.encode)
         return model.apply(variables, x, t, context, logits, method=TimeCraftModel.denoise)
 
-    forward_jit = jax.jit(forward)
+    forward_jit = xla_options.jit(forward)
     forward_compiled = forward_jit.lower(variables, x, t).compile()
     forward_times = time_calls(forward_compiled, (variables, x, t), repeats)
 
     state = create_train_state(variables, optimizer, rng)
     batch = {"x": jax.random.normal(rng, (train_batch, seq_len, channels))}
-    step_jit = jax.jit(make_train_step(model, schedule, optimizer, config))
+    step_jit = xla_options.jit(make_train_step(model, schedule, optimizer, config))
     step_compiled = step_jit.lower(state, batch).compile()
 
     def step_once(state, batch):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from timecraft_jax import diffusion, sampling
+from timecraft_jax import diffusion, sampling, xla_options
 from timecraft_jax.checkpointing import load_checkpoint
 from timecraft_jax.data import DataError
 from timecraft_jax.data.batching import to_univariate
@@ -45,7 +45,7 @@ class SamplingBundle:
         """Return the jitted `(variables, x) -> (context, logits)` of the conditioner in inference mode, built once."""
         if self._encode is None:
             model = self.model
-            self._encode = jax.jit(lambda variables, x: model.apply(variables, x, train=False,
+            self._encode = xla_options.jit(lambda variables, x: model.apply(variables, x, train=False,
                                                                     method=TimeCraftModel.encode))
         return self._encode
 

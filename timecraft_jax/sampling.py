@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from timecraft_jax import xla_options
 from timecraft_jax.diffusion import Schedule, predict_x0_from_eps, q_posterior
 
 logger = logging.getLogger(__name__)
@@ -309,8 +310,15 @@ def _ddim_loop(
     return x
 
 
-_ddpm_loop_jit = jax.jit(_ddpm_loop, static_argnums=(0, 5, 6))
-_ddim_loop_jit = jax.jit(_ddim_loop, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+@functools.cache
+def _ddpm_loop_jit():
+    # Built on first use so that importing this module does not start a backend.
+    return xla_options.jit(_ddpm_loop, static_argnums=(0, 5, 6))
+
+
+@functools.cache
+def _ddim_loop_jit():
+    return xla_options.jit(_ddim_loop, static_argnums=(0, 5, 6, 7, 8, 9, 10))
 
 
 def ddpm_sample(
@@ -344,7 +352,7 @@ def ddpm_sample(
     """
     shape_tc = _validate_shape_tc(shape_tc)
     _validate_batch_inputs(cond, keys, shape_tc, schedule.num_timesteps, noise, x_T)
-    return _ddpm_loop_jit(eps_fn, variables, schedule, cond, keys, shape_tc, bool(return_trajectory), noise, x_T)
+    return _ddpm_loop_jit()(eps_fn, variables, schedule, cond, keys, shape_tc, bool(return_trajectory), noise, x_T)
 
 
 def ddim_sample(
@@ -386,7 +394,7 @@ def ddim_sample(
     eta = _validate_eta(eta)
     num_reverse_steps = len(ddim_timesteps(schedule.num_timesteps, num_steps, timestep_spacing, reference_compatible))
     _validate_batch_inputs(cond, keys, shape_tc, num_reverse_steps, noise, x_T)
-    return _ddim_loop_jit(
+    return _ddim_loop_jit()(
         eps_fn, variables, schedule, cond, keys, shape_tc,
         int(num_steps), eta, timestep_spacing, bool(reference_compatible), bool(return_trajectory), noise, x_T,
     )
@@ -426,7 +434,7 @@ def build_sampler(eps_fn: EpsFn, schedule: Schedule, sampling_config, shape_tc: 
                 num_steps, eta, spacing, reference_compatible, False, None, None,
             )
 
-    run_jit = jax.jit(run)
+    run_jit = xla_options.jit(run)
 
     def sample(variables, cond: Conditioning, keys: jax.Array) -> jax.Array:
         _validate_batch_inputs(cond, keys, shape_tc, num_reverse_steps, None, None)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from timecraft_jax import diffusion
+from timecraft_jax import diffusion, xla_options
 from timecraft_jax.checkpointing import CheckpointStore, config_to_json_dict
 from timecraft_jax.data.batching import MultiDomainBatcher
 from timecraft_jax.domain_data import DomainData, load_domain_data, validation_batches
@@ -141,10 +141,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_at_step: 
     replicated = NamedSharding(mesh, PartitionSpec())
     data_sharding = NamedSharding(mesh, PartitionSpec("data"))
     state = jax.device_put(state, replicated)
-    train_step = jax.jit(make_train_step(model, schedule, optimizer, config),
+    train_step = xla_options.jit(make_train_step(model, schedule, optimizer, config),
                          in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
                          donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, schedule, config),
+    eval_step = xla_options.jit(make_eval_step(model, schedule, config),
                         in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
     batcher = MultiDomainBatcher({d: data.normalized[d]["train"] for d in data.domains},
                                  batch_size=config.data.batch_size, reweight=config.data.reweight, seed=config.seed)

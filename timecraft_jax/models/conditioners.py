@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from timecraft_jax.models.unet import torch_default_kernel_init
+from timecraft_jax.models.layers import torch_default_kernel_init
 
 
 class BatchNorm1d(nn.Module):

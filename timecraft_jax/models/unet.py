@@ -17,14 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from timecraft_jax.models.layers import Conv1D, Dense, GroupNorm, LayerNorm, torch_default_kernel_init
 from timecraft_jax.models.text_fusion import ConditioningMLP
 
 # Added to the attention logits of prototypes whose PAM logit is <= 0. The
 # reference subtracts float32's max; a finite value keeps gradients finite.
 MASKED_LOGIT = -1e9
-
-# PyTorch's default init for Linear and Conv1d weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -42,40 +40,24 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     return emb
 
 
-def _conv(features: int, kernel_size: int, dtype: Any, name: str, zero_init: bool = False) -> nn.Conv:
+def _conv(features: int, kernel_size: int, dtype: Any, name: str, zero_init: bool = False) -> Conv1D:
     """Stride-1 conv with PyTorch's symmetric 'same' padding (odd kernels)."""
-    pad = (kernel_size - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel_size,),
-        padding=((pad, pad),),
-        dtype=dtype,
-        kernel_init=nn.initializers.zeros if zero_init else torch_default_kernel_init,
-        name=name,
-    )
+    init = nn.initializers.zeros if zero_init else torch_default_kernel_init
+    return Conv1D(features, kernel_size, padding=(kernel_size - 1) // 2, dtype=dtype, kernel_init=init, name=name)
 
 
-def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, kernel_init=torch_default_kernel_init, name=name)
+def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> Dense:
+    return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
 
 
 def group_norm(x: jax.Array, eps: float, name: str) -> jax.Array:
     """GroupNorm with 32 groups computed in float32, cast back to the input dtype."""
-    norm = nn.GroupNorm(
-        num_groups=32,
-        epsilon=eps,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        name=name,
-    )
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
+    return GroupNorm(num_groups=32, epsilon=eps, name=name)(x).astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, name: str) -> jax.Array:
     """LayerNorm (eps 1e-5) computed in float32, cast back to the input dtype."""
-    norm = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, name=name)
-    return norm(x.astype(jnp.float32)).astype(x.dtype)
+    return LayerNorm(epsilon=1e-5, name=name)(x).astype(x.dtype)
 
 
 def downsample(x: jax.Array) -> jax.Array:
@@ -173,8 +155,10 @@ class Attention(nn.Module):
         def split_heads(a):
             return a.reshape(a.shape[0], a.shape[1], self.heads, self.dim_head)
 
+        # Scaling q rather than the logits saves a pass over the (B, H, I, J) array.
+        q = q * jnp.asarray(self.dim_head**-0.5, q.dtype)
         q, k, v = split_heads(q), split_heads(k), split_heads(v)
-        logits = jnp.einsum("bihd,bjhd->bhij", q, k).astype(jnp.float32) * self.dim_head**-0.5
+        logits = jnp.einsum("bihd,bjhd->bhij", q, k).astype(jnp.float32)
         if bias is not None:
             logits = logits + bias[:, None, None, :].astype(jnp.float32)
         weights = jax.nn.softmax(logits, axis=-1)  # [B, H, I, J]

@@ -1,0 +1,106 @@
+"""Layers with matmul parameter gradients agree with Flax's layers, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from timecraft_jax import xla_options
+from timecraft_jax.models import layers
+
+RTOL = 1e-5
+
+
+def _random(shape, seed):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32) * 1.5 + 0.3
+
+
+def _perturbed(variables, seed):
+    """Make every parameter non-trivial (Flax inits norms to 1/0 and biases to 0)."""
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    leaves = [leaf + 0.1 * jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _assert_same_values_and_grads(ours, theirs, x, seed=0):
+    variables = _perturbed(theirs.init(jax.random.PRNGKey(1), x), seed)
+    ours_variables = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree_util.tree_structure(ours_variables) == jax.tree_util.tree_structure(variables)
+    for a, b in zip(jax.tree_util.tree_leaves(ours_variables), jax.tree_util.tree_leaves(variables)):
+        assert a.shape == b.shape
+
+    weight = _random(theirs.apply(variables, x).shape, seed + 7)
+
+    def loss(module):
+        return lambda v, inputs: jnp.sum(module.apply(v, inputs) * weight)
+
+    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x), rtol=RTOL, atol=1e-5)
+    ours_grads = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+    theirs_grads = jax.grad(loss(theirs), argnums=(0, 1))(variables, x)
+    flat_ours = jax.tree_util.tree_flatten_with_path(ours_grads)[0]
+    flat_theirs = jax.tree_util.tree_leaves(theirs_grads)
+    for (path, got), expected in zip(flat_ours, flat_theirs):
+        scale = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(got / scale, expected / scale, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_dense_matches_flax():
+    x = _random((4, 12, 16), 0)
+    _assert_same_values_and_grads(layers.Dense(24), nn.Dense(24), x)
+
+
+def test_dense_without_bias_matches_flax():
+    x = _random((4, 12, 16), 1)
+    _assert_same_values_and_grads(layers.Dense(8, use_bias=False), nn.Dense(8, use_bias=False), x)
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding", [(3, 1, 1), (1, 1, 0), (4, 2, 1)])
+def test_conv1d_matches_flax(kernel_size, stride, padding):
+    x = _random((3, 16, 8), 2)
+    theirs = nn.Conv(12, (kernel_size,), strides=(stride,), padding=((padding, padding),))
+    _assert_same_values_and_grads(layers.Conv1D(12, kernel_size, stride, padding), theirs, x)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-6])
+def test_group_norm_matches_flax(eps):
+    x = _random((3, 10, 64), 3) * 4.0 + 2.0
+    theirs = nn.GroupNorm(num_groups=32, epsilon=eps, use_fast_variance=False)
+    _assert_same_values_and_grads(layers.GroupNorm(32, eps), theirs, x)
+
+
+def test_group_norm_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="divisible by 32 groups, got 48"):
+        layers.GroupNorm(32).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 48)))
+
+
+def test_layer_norm_matches_flax():
+    x = _random((3, 10, 32), 4)
+    _assert_same_values_and_grads(layers.LayerNorm(1e-5), nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), x)
+
+
+def test_add_bias_gradient_keeps_bias_dtype():
+    y = jnp.ones((2, 5, 3), jnp.bfloat16)
+    bias = jnp.arange(3, dtype=jnp.float32)
+    grad = jax.grad(lambda b: jnp.sum(layers.add_bias(y, b).astype(jnp.float32)))(bias)
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad, np.full(3, 10.0, np.float32))
+
+
+def test_cpu_compiler_options_accepted(monkeypatch):
+    xla_options.compiler_options.cache_clear()
+    try:
+        options = xla_options.compiler_options()
+        if jax.default_backend() == "cpu":
+            assert options == xla_options.CPU_OPTIONS
+        else:
+            assert options == {}
+        jitted = xla_options.jit(lambda a: a * 2)
+        np.testing.assert_array_equal(jitted(jnp.arange(3.0)), np.array([0.0, 2.0, 4.0]))
+
+        monkeypatch.setenv("TIMECRAFT_XLA_DEFAULTS", "1")
+        xla_options.compiler_options.cache_clear()
+        assert xla_options.compiler_options() == {}
+    finally:
+        xla_options.compiler_options.cache_clear()

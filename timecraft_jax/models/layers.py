@@ -1,0 +1,152 @@
+"""Dense, 1-D convolution and normalisation layers whose parameter gradients are matmuls.
+
+The layers compute what `flax.linen.Dense`, `Conv`, `GroupNorm` and `LayerNorm`
+compute and keep their parameter names and shapes (`kernel`, `bias`, `scale`),
+so checkpoints and the weight importer do not change. They differ in the
+backward pass only. A bias or norm-scale gradient sums an activation-sized
+array over the batch and time axes. XLA:CPU (jax 0.10.2) splits such column
+sums into many small windowed reductions, which made them about a tenth of the
+TimeDP train step. Here they are a product with a vector of ones, which XLA
+hands to its matmul library. The values agree with plain autodiff to float32
+rounding.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's default init for Linear and Conv1d weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _column_sum(a: jax.Array) -> jax.Array:
+    """Sum `a` over every axis but the last, as a matrix-vector product accumulated in float32."""
+    rows = a.reshape(-1, a.shape[-1])
+    ones = jnp.ones((rows.shape[0],), rows.dtype)
+    return jnp.dot(ones, rows, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """Return `y + bias` with `bias` broadcast over the leading axes of `y`."""
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    return add_bias(y, bias), jnp.zeros((0,), bias.dtype)
+
+
+def _add_bias_bwd(bias_dtype_carrier, grad):
+    return grad, _column_sum(grad).astype(bias_dtype_carrier.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+@jax.custom_vjp
+def scale_and_shift(normalized: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """Return `normalized * scale + shift`, the affine step of a norm layer (float32)."""
+    return normalized * scale + shift
+
+
+def _scale_and_shift_fwd(normalized, scale, shift):
+    return scale_and_shift(normalized, scale, shift), (normalized, scale)
+
+
+def _scale_and_shift_bwd(residuals, grad):
+    normalized, scale = residuals
+    return grad * scale, _column_sum(grad * normalized), _column_sum(grad)
+
+
+scale_and_shift.defvjp(_scale_and_shift_fwd, _scale_and_shift_bwd)
+
+
+class Dense(nn.Module):
+    """`x @ kernel + bias` over the last axis; parameters as `flax.linen.Dense`."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    kernel_init: Callable = torch_default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,))
+            y = add_bias(y, bias)
+        return y
+
+
+class Conv1D(nn.Module):
+    """1-D convolution over `(B, T, C)` with explicit padding; parameters as `flax.linen.Conv`.
+
+    `kernel` is `(K, C_in, C_out)`. `padding` is the number of zeros added at
+    each end of the time axis.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Any = jnp.float32
+    kernel_init: Callable = torch_default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.stride,),
+            padding=((self.padding, self.padding),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        return add_bias(y, bias)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm over `(B, T, C)` in float32 with a two-pass variance; parameters as `flax.linen.GroupNorm`.
+
+    Statistics are per sample and group, over time and the group's channels.
+    Returns float32.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        if channels % self.num_groups:
+            raise ValueError(f"GroupNorm needs channels divisible by {self.num_groups} groups, got {channels}")
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        grouped = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_groups, channels // self.num_groups)
+        axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # Every axis but batch and group.
+        mean = grouped.mean(axis=axes, keepdims=True)
+        centered = grouped - mean
+        var = jnp.square(centered).mean(axis=axes, keepdims=True)
+        normalized = (centered * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        return scale_and_shift(normalized, scale, bias)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis in float32 with a two-pass variance; parameters as `flax.linen.LayerNorm`."""
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(axis=-1, keepdims=True)
+        centered = x32 - mean
+        var = jnp.square(centered).mean(axis=-1, keepdims=True)
+        return scale_and_shift(centered * jax.lax.rsqrt(var + self.epsilon), scale, bias)
