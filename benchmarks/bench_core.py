@@ -80,10 +80,23 @@ def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
     # The step is not donated here, so the same state can be reused for every call.
     train_times = time_calls(step_once, (state, batch), repeats)
 
-    forward_median = statistics.median(forward_times)
-    train_median = statistics.median(train_times)
     forward_flops = compiled_flops(forward_compiled)
     train_flops = compiled_flops(step_compiled)
+    record = timing_record(seq_len, dtype, train_batch, forward_batch, train_times, forward_times)
+    forward_median, train_median = record["forward_median_s"], record["train_step_median_s"]
+    record.update({
+        "forward_gflop_per_sample": None if forward_flops is None else forward_flops / forward_batch / 1e9,
+        "forward_tflops_per_s": None if forward_flops is None else forward_flops / forward_median / 1e12,
+        "train_tflops_per_s": None if train_flops is None else train_flops / train_median / 1e12,
+    })
+    return record
+
+
+def timing_record(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
+                  train_times: list[float], forward_times: list[float]) -> dict:
+    """Build the JSON record of one length that this script and torch_baseline.py both write."""
+    train_median = statistics.median(train_times)
+    forward_median = statistics.median(forward_times)
     return {
         "seq_len": seq_len,
         "dtype": dtype,
@@ -95,21 +108,31 @@ def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
         "forward_samples_per_s": forward_batch / forward_median,
         "train_step_times_s": train_times,
         "forward_times_s": forward_times,
-        "forward_gflop_per_sample": None if forward_flops is None else forward_flops / forward_batch / 1e9,
-        "forward_tflops_per_s": None if forward_flops is None else forward_flops / forward_median / 1e12,
-        "train_tflops_per_s": None if train_flops is None else train_flops / train_median / 1e12,
     }
+
+
+def parse_seq_lens(text: str) -> list[int]:
+    """Parse --seq_lens, exiting with a message unless each length is a positive multiple of 8."""
+    try:
+        seq_lens = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise SystemExit(f"--seq_lens {text!r} is invalid; expected comma-separated integers such as 24,96,168")
+    invalid = [value for value in seq_lens if value <= 0 or value % 8]
+    if invalid:
+        raise SystemExit(f"--seq_lens {invalid} are invalid; each length must be a positive multiple of 8")
+    return seq_lens
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seq_lens", default="24,96,168", help="Comma-separated sequence lengths.")
+    parser.add_argument("--seq_lens", default="24,96,168", help="Comma-separated sequence lengths (multiples of 8).")
     parser.add_argument("--dtypes", default="float32", help="Comma-separated compute dtypes: float32,bfloat16.")
     parser.add_argument("--train_batch", type=int, default=64, help="Batch size of the train step.")
     parser.add_argument("--forward_batch", type=int, default=256, help="Batch size of the forward pass.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed calls per measurement (median reported).")
     parser.add_argument("--out", default="benchmarks/results/core.json", help="JSON output path.")
     args = parser.parse_args()
+    seq_lens = parse_seq_lens(args.seq_lens)
 
     device = jax.devices()[0]
     header = {
@@ -124,7 +147,7 @@ def main() -> None:
     print(json.dumps(header))
     results = []
     for dtype in args.dtypes.split(","):
-        for seq_len in [int(v) for v in args.seq_lens.split(",")]:
+        for seq_len in seq_lens:
             result = bench_length(seq_len, dtype, args.train_batch, args.forward_batch, args.repeats)
             results.append(result)
             print(f"L={seq_len:4d} {dtype:9s} train step (B={args.train_batch}) median "

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import types
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_core import parse_seq_lens, timing_record  # benchmarks/ is on sys.path when run as a script.
 from timecraft_jax.config_lib import load_config_file, repository_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -884,32 +884,9 @@ def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: in
 
     train_times = time_calls(train_step, repeats)
 
-    forward_median = statistics.median(forward_times)
-    train_median = statistics.median(train_times)
-    return {
-        "seq_len": seq_len,
-        "dtype": "float32",
-        "train_batch": train_batch,
-        "forward_batch": forward_batch,
-        "train_step_includes_ema": ema,
-        "train_step_median_s": train_median,
-        "train_steps_per_s": 1.0 / train_median,
-        "forward_median_s": forward_median,
-        "forward_samples_per_s": forward_batch / forward_median,
-        "train_step_times_s": train_times,
-        "forward_times_s": forward_times,
-    }
-
-
-def parse_seq_lens(text: str) -> list[int]:
-    try:
-        seq_lens = [int(value) for value in text.split(",") if value.strip()]
-    except ValueError:
-        raise SystemExit(f"--seq_lens {text!r} is invalid; expected comma-separated integers such as 24,96,168")
-    invalid = [value for value in seq_lens if value <= 0 or value % 8]
-    if invalid:
-        raise SystemExit(f"--seq_lens {invalid} are invalid; each length must be a positive multiple of 8")
-    return seq_lens
+    record = timing_record(seq_len, "float32", train_batch, forward_batch, train_times, forward_times)
+    record["train_step_includes_ema"] = ema
+    return record
 
 
 def main() -> None:

@@ -4,9 +4,10 @@ On XLA:CPU (jax 0.10.2), the default YNNPACK library fusions also take over
 elementwise ops and reductions. For the TimeDP UNet on a 2-core x86-64 CPU that
 made the forward about 30 % and the train step about 10 % slower than handing
 YNNPACK the dot products alone (`benchmarks/bench_core.py`, see
-docs/benchmarks.md). `compiler_options()` therefore asks for dot-only YNNPACK
-fusions on the CPU backend, after checking once that this XLA build accepts
-the option; otherwise it returns no options and XLA keeps its defaults.
+docs/benchmarks.md). `compiler_options()` therefore requests dot-only YNNPACK
+fusions on the CPU backend. It first checks once that this XLA build accepts
+the option. If the build does not, it returns no options and XLA keeps its
+defaults.
 
 Set the environment variable TIMECRAFT_XLA_DEFAULTS=1 to keep XLA's defaults.
 """

@@ -6,10 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-FUSION_TYPES = ("add", "gated_add")
+from timecraft_jax.models.layers import torch_default_kernel_init
 
-# PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+FUSION_TYPES = ("add", "gated_add")
 
 
 class ConditioningMLP(nn.Module):
@@ -34,7 +33,7 @@ class ConditioningMLP(nn.Module):
             raise ValueError(f"unknown text fusion {self.fusion!r}; expected one of {FUSION_TYPES}")
 
         def dense(name):
-            return nn.Dense(self.context_dim, dtype=self.dtype, kernel_init=_torch_default_kernel_init, name=name)
+            return nn.Dense(self.context_dim, dtype=self.dtype, kernel_init=torch_default_kernel_init, name=name)
 
         p = dense("text_mlp_0")(text.astype(self.dtype))
         p = dense("text_mlp_2")(nn.relu(p)).astype(jnp.float32)  # [B, D]
