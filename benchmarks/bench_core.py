@@ -45,18 +45,9 @@ def time_calls(fn, args, repeats: int) -> list[float]:
     return times
 
 
-def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int, repeats: int) -> dict:
-    config = load_config_file(repository_config("timedp"))
-    config.data.seq_len = seq_len
-    config.model.dtype = dtype
-    model = build_model(config.model, seq_len)
-    schedule = diffusion.schedule_from_config(config.diffusion)
-    optimizer = make_optimizer(config.optimizer)
+def build_forward(model, variables, forward_batch: int, seq_len: int, channels: int):
+    """Compile the denoiser forward as sampling uses it: prompt encoding plus UNet, at t = 100."""
     rng = jax.random.PRNGKey(0)
-    variables = init_variables(model, rng)
-    channels = config.model.in_channels
-
-    # Denoiser forward, conditioned on prompt windows (encode + UNet), as sampling uses it.
     x = jax.random.normal(rng, (forward_batch, seq_len, channels))
     t = jnp.full((forward_batch,), 100, jnp.int32)
 
@@ -64,24 +55,27 @@ def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
         context, logits = model.apply(variables, x, train=False, method=TimeCraftModel.encode)
         return model.apply(variables, x, t, context, logits, method=TimeCraftModel.denoise)
 
-    forward_jit = xla_options.jit(forward)
-    forward_compiled = forward_jit.lower(variables, x, t).compile()
-    forward_times = time_calls(forward_compiled, (variables, x, t), repeats)
+    compiled = xla_options.jit(forward).lower(variables, x, t).compile()
+    return compiled, (variables, x, t)
 
-    state = create_train_state(variables, optimizer, rng)
-    batch = {"x": jax.random.normal(rng, (train_batch, seq_len, channels))}
-    step_jit = xla_options.jit(make_train_step(model, schedule, optimizer, config))
-    step_compiled = step_jit.lower(state, batch).compile()
 
-    def step_once(state, batch):
-        new_state, metrics = step_compiled(state, batch)
-        return metrics["loss"]
+def build_steps(seq_len: int, train_batch: int, forward_batch: int, dtype: str = "float32"):
+    """Return `(train_step, forward)` callables of the TimeDP model that run once and wait for the result."""
+    config, model, variables = timedp_model(seq_len, dtype)
+    forward_compiled, forward_args = build_forward(model, variables, forward_batch, seq_len, config.model.in_channels)
+    step = build_train_step(config, model, variables, train_batch)
+    return step.run, lambda: jax.block_until_ready(forward_compiled(*forward_args))
 
-    # The step is not donated here, so the same state can be reused for every call.
-    train_times = time_calls(step_once, (state, batch), repeats)
+
+def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int, repeats: int) -> dict:
+    config, model, variables = timedp_model(seq_len, dtype)
+    forward_compiled, forward_args = build_forward(model, variables, forward_batch, seq_len, config.model.in_channels)
+    forward_times = time_calls(forward_compiled, forward_args, repeats)
+    step = build_train_step(config, model, variables, train_batch)
+    train_times = time_calls(step.run, (), repeats)
 
     forward_flops = compiled_flops(forward_compiled)
-    train_flops = compiled_flops(step_compiled)
+    train_flops = step.flops
     record = timing_record(seq_len, dtype, train_batch, forward_batch, train_times, forward_times)
     forward_median, train_median = record["forward_median_s"], record["train_step_median_s"]
     record.update({
@@ -90,6 +84,40 @@ def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
         "train_tflops_per_s": None if train_flops is None else train_flops / train_median / 1e12,
     })
     return record
+
+
+class TrainStep:
+    """A compiled, donated train step on fixed random data; `run()` does one step and waits for it."""
+
+    def __init__(self, compiled, state, batch):
+        self.compiled, self.state, self.batch = compiled, state, batch
+        self.flops = compiled_flops(compiled)
+
+    def run(self):
+        # The state is donated, as in training: each step consumes the previous step's buffers.
+        self.state, metrics = self.compiled(self.state, self.batch)
+        return jax.block_until_ready(metrics["loss"])
+
+
+def build_train_step(config, model, variables, train_batch: int) -> TrainStep:
+    """Compile the TimeDP train step (forward, backward, AdamW, EMA) exactly as training runs it."""
+    schedule = diffusion.schedule_from_config(config.diffusion)
+    optimizer = make_optimizer(config.optimizer)
+    rng = jax.random.PRNGKey(0)
+    # A copy, because the step donates (frees) the state's buffers, which would include `variables`.
+    state = create_train_state(jax.tree_util.tree_map(jnp.copy, variables), optimizer, rng)
+    batch = {"x": jax.random.normal(rng, (train_batch, config.data.seq_len, config.model.in_channels))}
+    step_jit = xla_options.jit(make_train_step(model, schedule, optimizer, config), donate_argnums=0)
+    return TrainStep(step_jit.lower(state, batch).compile(), state, batch)
+
+
+def timedp_model(seq_len: int, dtype: str = "float32"):
+    """Return (config, model, variables) of configs/timedp.py at length `seq_len`."""
+    config = load_config_file(repository_config("timedp"))
+    config.data.seq_len = seq_len
+    config.model.dtype = dtype
+    model = build_model(config.model, seq_len)
+    return config, model, init_variables(model, jax.random.PRNGKey(0))
 
 
 def timing_record(seq_len: int, dtype: str, train_batch: int, forward_batch: int,
@@ -133,6 +161,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/core.json", help="JSON output path.")
     args = parser.parse_args()
     seq_lens = parse_seq_lens(args.seq_lens)
+    malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its CPU threads.
 
     device = jax.devices()[0]
     header = {
@@ -143,6 +172,7 @@ def main() -> None:
         "host": platform.processor() or platform.machine(),
         "cpu_count": __import__("os").cpu_count(),
         "repeats": args.repeats,
+        "glibc_malloc_tuned": malloc_tuned,
     }
     print(json.dumps(header))
     results = []

@@ -2,6 +2,8 @@
 
   python benchmarks/torch_baseline.py --out benchmarks/results/torch_baseline.json
   python benchmarks/torch_baseline.py --skip_timing          # parity check and parameter counts only
+  python benchmarks/torch_baseline.py --interleave --out benchmarks/results/interleaved_cpu.json
+                                                           # alternate PyTorch and timecraft_jax calls
 
 The model is a PyTorch implementation of the reference denoiser (`ts_unet.UNetModel`, a 1-D UNet
 with spatial transformers) and of its prototype conditioner (`DomainUnifiedPrototyper`, the PAM
@@ -40,6 +42,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import types
@@ -822,8 +825,8 @@ def time_calls(fn, repeats: int) -> list[float]:
     return times
 
 
-def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: int, latent_unit: int,
-                 ema: bool) -> dict:
+def build_torch_steps(seq_len: int, train_batch: int, forward_batch: int, latent_unit: int, ema: bool):
+    """Return `(train_step, forward)`: callables that run one PyTorch train step or forward pass."""
     torch = import_torch()
     torch.manual_seed(0)
     unet, prototyper, config = build_timedp_models(seq_len, latent_unit)
@@ -840,20 +843,16 @@ def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: in
     cond_drop_prob = config.diffusion.cond_drop_prob
 
     # Denoiser forward, conditioned on prompt windows (encode + UNet), as sampling uses it.
-    unet.eval()
-    prototyper.eval()
     x = torch.randn(forward_batch, channels, seq_len)
     t = torch.full((forward_batch,), FORWARD_TIMESTEP, dtype=torch.long)
 
     def forward():
+        unet.eval()
+        prototyper.eval()
         with torch.no_grad():
             context, mask = prototyper(x)
             return unet(x, t, context, mask)
 
-    forward_times = time_calls(forward, repeats)
-
-    unet.train()
-    prototyper.train()
     trainable = [p for p in [*unet.parameters(), *prototyper.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.optimizer.learning_rate,
                                   betas=(config.optimizer.b1, config.optimizer.b2), eps=config.optimizer.eps,
@@ -864,6 +863,8 @@ def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: in
     x0 = torch.randn(train_batch, channels, seq_len)
 
     def train_step():
+        unet.train()
+        prototyper.train()
         steps = torch.randint(0, num_timesteps, (train_batch,))
         noise = torch.randn_like(x0)
         x_t = sqrt_alpha_bar[steps][:, None, None] * x0 + sqrt_one_minus_alpha_bar[steps][:, None, None] * noise
@@ -882,10 +883,50 @@ def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: in
                     average.sub_((1.0 - decay) * (average - parameter))
         return loss
 
-    train_times = time_calls(train_step, repeats)
+    return train_step, forward
 
+
+def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: int, latent_unit: int,
+                 ema: bool) -> dict:
+    train_step, forward = build_torch_steps(seq_len, train_batch, forward_batch, latent_unit, ema)
+    forward_times = time_calls(forward, repeats)
+    train_times = time_calls(train_step, repeats)
     record = timing_record(seq_len, "float32", train_batch, forward_batch, train_times, forward_times)
     record["train_step_includes_ema"] = ema
+    return record
+
+
+def interleave_length(seq_len: int, train_batch: int, forward_batch: int, repeats: int, latent_unit: int,
+                      pause: float) -> dict:
+    """Alternate PyTorch and timecraft_jax calls in one process, so both see the same machine speed.
+
+    Both train steps include an EMA update. Each pair is a PyTorch call then a JAX call of the same
+    kind, separated by `pause` seconds so that one library's idle threads do not share the cores
+    with the other's work. Returns both libraries' times and the median of the per-pair ratios.
+    """
+    import bench_core  # benchmarks/ is on sys.path when run as a script.
+
+    torch_train, torch_forward = build_torch_steps(seq_len, train_batch, forward_batch, latent_unit, ema=True)
+    jax_train, jax_forward = bench_core.build_steps(seq_len, train_batch, forward_batch)
+    record = {"seq_len": seq_len, "dtype": "float32", "train_batch": train_batch, "forward_batch": forward_batch,
+              "train_step_includes_ema": True}
+    for kind, torch_call, jax_call in (("train_step", torch_train, jax_train), ("forward", torch_forward, jax_forward)):
+        torch_call(), jax_call()  # Warm-up.
+        torch_times, jax_times = [], []
+        for _ in range(repeats):
+            for call, times in ((torch_call, torch_times), (jax_call, jax_times)):
+                time.sleep(pause)
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+        ratios = [ours / theirs for ours, theirs in zip(jax_times, torch_times)]
+        record.update({
+            f"{kind}_torch_times_s": torch_times,
+            f"{kind}_jax_times_s": jax_times,
+            f"{kind}_torch_median_s": statistics.median(torch_times),
+            f"{kind}_jax_median_s": statistics.median(jax_times),
+            f"{kind}_ratio_median": statistics.median(ratios),
+        })
     return record
 
 
@@ -904,12 +945,23 @@ def main() -> None:
                         help="Folder with the reference arrays (unet_small.npz, prototyper.npz, "
                              "unet_timedp_shapes.json); the check is skipped when it is missing.")
     parser.add_argument("--skip_timing", action="store_true", help="Only check parity and parameter counts.")
+    parser.add_argument("--interleave", action="store_true",
+                        help="Also time timecraft_jax in the same process, alternating calls with PyTorch "
+                             "(both with EMA), and report per-pair ratios.")
+    parser.add_argument("--pause", type=float, default=0.3, help="Seconds between interleaved calls.")
     parser.add_argument("--out", default="benchmarks/results/torch_baseline.json", help="JSON output path.")
     args = parser.parse_args()
     seq_lens = parse_seq_lens(args.seq_lens)
     if min(args.train_batch, args.forward_batch, args.repeats, args.threads, args.latent_unit) <= 0:
         parser.error("--train_batch, --forward_batch, --repeats, --threads and --latent_unit must be positive")
 
+    if args.pause < 0:
+        parser.error("--pause must be zero or positive")
+    malloc_tuned = False
+    if args.interleave:
+        from timecraft_jax import xla_options
+
+        malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its threads; PyTorch shares it.
     torch = import_torch()
     torch.set_num_threads(args.threads)
     parity = check_parity(args.check_parity)
@@ -926,10 +978,25 @@ def main() -> None:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
+        "glibc_malloc_tuned": malloc_tuned,
     }
+    if args.interleave:
+        import jax
+
+        header.update({"jax": jax.__version__, "interleaved": True, "pause_s": args.pause})
     print(json.dumps(header))
     results = []
     for seq_len in seq_lens:
+        if args.interleave:
+            result = interleave_length(seq_len, args.train_batch, args.forward_batch, args.repeats,
+                                       args.latent_unit, args.pause)
+            results.append(result)
+            print(f"L={seq_len:4d} train step (B={args.train_batch}) ours / PyTorch "
+                  f"{result['train_step_jax_median_s']:.3f} / {result['train_step_torch_median_s']:.3f} s, "
+                  f"ratio {result['train_step_ratio_median']:.3f} | forward (B={args.forward_batch}) "
+                  f"{result['forward_jax_median_s']:.3f} / {result['forward_torch_median_s']:.3f} s, "
+                  f"ratio {result['forward_ratio_median']:.3f}", flush=True)
+            continue
         result = bench_length(seq_len, args.train_batch, args.forward_batch, args.repeats, args.latent_unit, args.ema)
         results.append(result)
         print(f"L={seq_len:4d} float32   train step (B={args.train_batch}) median "

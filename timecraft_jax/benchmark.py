@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from timecraft_jax import sampling
+from timecraft_jax import sampling, xla_options
 from timecraft_jax.checkpointing import CheckpointError, config_to_json_dict
 from timecraft_jax.config_lib import domain_names
 from timecraft_jax.data import DataError
@@ -830,6 +830,7 @@ def main(argv: Sequence[str], holders: dict) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdir, stage = holders["workdir"].value, holders["stage"].value
     setup_logging(workdir)
+    xla_options.keep_host_memory()
     config = holders["config"].value
     started = time.perf_counter()
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from timecraft_jax import xla_options
 from timecraft_jax.checkpointing import CheckpointError
 from timecraft_jax.config_lib import load_config_file, repository_config
 from timecraft_jax.data import DataError
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.workdir)
+    xla_options.keep_host_memory()
     try:
         run(args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from timecraft_jax import xla_options
 from timecraft_jax.checkpointing import CheckpointError
 from timecraft_jax.data import DataError
 from timecraft_jax.logging_utils import setup_logging
@@ -54,6 +55,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging(_WORKDIR.value)
+    xla_options.keep_host_memory()
     try:
         train(_CONFIG.value, _WORKDIR.value)
     except (DataError, CheckpointError, ConfigMismatchError, TrainingDivergedError, ValueError) as error:

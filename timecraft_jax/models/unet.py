@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from timecraft_jax.models.attention import attend
 from timecraft_jax.models.layers import Conv1D, Dense, GroupNorm, LayerNorm, torch_default_kernel_init
 from timecraft_jax.models.text_fusion import ConditioningMLP
 
@@ -158,6 +159,8 @@ class Attention(nn.Module):
         # Scaling q rather than the logits saves a pass over the (B, H, I, J) array.
         q = q * jnp.asarray(self.dim_head**-0.5, q.dtype)
         q, k, v = split_heads(q), split_heads(k), split_heads(v)
+        if bias is None and all_masked is None:
+            return _dense(channels, self.dtype, "to_out_0")(attend(q, k, v).reshape(b, t, inner))
         logits = jnp.einsum("bihd,bjhd->bhij", q, k).astype(jnp.float32)
         if bias is not None:
             logits = logits + bias[:, None, None, :].astype(jnp.float32)
