@@ -59,19 +59,22 @@ def build_forward(model, variables, forward_batch: int, seq_len: int, channels: 
     return compiled, (variables, x, t)
 
 
-def build_steps(seq_len: int, train_batch: int, forward_batch: int, dtype: str = "float32"):
-    """Return `(train_step, forward)` callables of the TimeDP model that run once and wait for the result."""
+def compile_timedp(seq_len: int, dtype: str, train_batch: int, forward_batch: int):
+    """Return the TimeDP model's compiled train step and its compiled forward with that forward's arguments."""
     config, model, variables = timedp_model(seq_len, dtype)
     forward_compiled, forward_args = build_forward(model, variables, forward_batch, seq_len, config.model.in_channels)
-    step = build_train_step(config, model, variables, train_batch)
+    return build_train_step(config, model, variables, train_batch), forward_compiled, forward_args
+
+
+def build_steps(seq_len: int, train_batch: int, forward_batch: int, dtype: str = "float32"):
+    """Return `(train_step, forward)` callables of the TimeDP model that run once and wait for the result."""
+    step, forward_compiled, forward_args = compile_timedp(seq_len, dtype, train_batch, forward_batch)
     return step.run, lambda: jax.block_until_ready(forward_compiled(*forward_args))
 
 
 def bench_length(seq_len: int, dtype: str, train_batch: int, forward_batch: int, repeats: int) -> dict:
-    config, model, variables = timedp_model(seq_len, dtype)
-    forward_compiled, forward_args = build_forward(model, variables, forward_batch, seq_len, config.model.in_channels)
+    step, forward_compiled, forward_args = compile_timedp(seq_len, dtype, train_batch, forward_batch)
     forward_times = time_calls(forward_compiled, forward_args, repeats)
-    step = build_train_step(config, model, variables, train_batch)
     train_times = time_calls(step.run, (), repeats)
 
     forward_flops = compiled_flops(forward_compiled)

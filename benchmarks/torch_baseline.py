@@ -911,7 +911,8 @@ def interleave_length(seq_len: int, train_batch: int, forward_batch: int, repeat
     record = {"seq_len": seq_len, "dtype": "float32", "train_batch": train_batch, "forward_batch": forward_batch,
               "train_step_includes_ema": True}
     for kind, torch_call, jax_call in (("train_step", torch_train, jax_train), ("forward", torch_forward, jax_forward)):
-        torch_call(), jax_call()  # Warm-up.
+        torch_call()  # Warm-up.
+        jax_call()
         torch_times, jax_times = [], []
         for _ in range(repeats):
             for call, times in ((torch_call, torch_times), (jax_call, jax_times)):

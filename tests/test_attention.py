@@ -110,7 +110,7 @@ def test_sample_independent_of_batch_with_chunks(monkeypatch):
     np.testing.assert_allclose(single[0], batch[4], rtol=1e-4, atol=1e-4)
 
 
-def test_keep_host_memory_is_off_once_jax_runs_or_when_opted_out(monkeypatch):
+def test_keep_host_memory_off_cases(monkeypatch):
     jax.block_until_ready(jnp.ones(3) + 1)
     xla_options.keep_host_memory.cache_clear()
     assert xla_options.keep_host_memory() is False  # JAX's threads already hold their own arenas.

@@ -19,7 +19,8 @@ again: about 375,000 faults and 1 s of kernel time per L = 96 step on a
 2-core machine. The function sets glibc's malloc to one arena, no `mmap`
 allocations and no trimming, so freed memory stays in the heap and the next
 step reuses it. The training, quickstart and TimeDP benchmark commands call
-it before JAX starts its CPU threads. Set TIMECRAFT_MALLOC_DEFAULTS=1 to keep glibc's defaults.
+it before JAX starts its CPU threads. Set TIMECRAFT_MALLOC_DEFAULTS=1 to keep
+glibc's defaults.
 """
 
 import ctypes
@@ -45,7 +46,10 @@ def _opted_out(variable: str) -> bool:
 
 
 def _cpu_only_host() -> bool:
-    """True when JAX will run on the CPU: JAX_PLATFORMS names cpu first, or no accelerator plugin is installed."""
+    """Return whether JAX will run on the CPU.
+
+    That is when JAX_PLATFORMS names cpu first, or when it is unset and no accelerator plugin is installed.
+    """
     platforms = (jax.config.jax_platforms or "").strip()
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
@@ -71,10 +75,10 @@ def keep_host_memory() -> bool:
     """
     if _opted_out("TIMECRAFT_MALLOC_DEFAULTS") or platform.libc_ver()[0] != "glibc" or not _cpu_only_host():
         return False
-    from jax._src import xla_bridge  # Private, but the only way to ask without starting a backend.
+    from jax._src import xla_bridge  # Private module: it reports started backends without starting one.
 
     if xla_bridge.backends_are_initialized():
-        logging.info("JAX is already running; glibc's malloc settings are left as they are")
+        logging.info("JAX backends are already initialized, so glibc's malloc settings are left unchanged")
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -18,10 +18,11 @@ Two implementations compute the same numbers:
 
 `attend` picks the chunked form on a single CPU device when the full weight
 array is larger than `DENSE_LIMIT_BYTES`. Otherwise it uses the dense form:
-GPUs fuse it well, and several devices shard the batch axis. Both forms
-give each batch row the same arithmetic, so results do not depend on the
-batch size beyond float rounding in the matmul library. The custom VJP
-supports reverse-mode differentiation (`jax.grad`, `jax.vjp`) only.
+GPUs fuse it well, and several devices shard the batch axis. A batch row's
+result does not depend on the other rows. It can still differ by float
+rounding between batch sizes, because the chunk size and the matmul
+library's blocking follow the batch. The custom VJP supports reverse-mode
+differentiation (`jax.grad`, `jax.vjp`) only.
 """
 
 import functools
@@ -36,14 +37,14 @@ CHUNK_BYTES = 2 << 20
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention over the whole batch at once; see the module docstring for shapes."""
+    """Compute softmax attention over the whole batch at once (shapes in the module docstring)."""
     logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits, axis=-1)  # [B, H, I, J]
     return jnp.einsum("bhij,bjhd->bihd", weights.astype(v.dtype), v)
 
 
 def _chunk_forward(q, k, v):
-    """Output and log-sum-exp `(b, H, I, 1)` of one chunk of batch rows."""
+    """Return the output and the log-sum-exp `(b, H, I, 1)` of one chunk of batch rows."""
     logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
     unnormalized = jnp.exp(logits - row_max)
@@ -54,7 +55,7 @@ def _chunk_forward(q, k, v):
 
 
 def _chunk_backward(q, k, v, out, log_sum_exp, grad_out):
-    """Gradients of one chunk with respect to q, k and v, recomputing its weights."""
+    """Return one chunk's gradients with respect to q, k and v, recomputing its weights."""
     logits = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32)
     weights = jnp.exp(logits - log_sum_exp)  # [b, H, I, J]
     grad_v = jnp.einsum("bhij,bihd->bjhd", weights.astype(grad_out.dtype), grad_out)
@@ -78,7 +79,7 @@ def _merge_rows(a: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, rows: int) -> jax.Array:
-    """Softmax attention over groups of `rows` batch rows (`rows` must divide B)."""
+    """Compute softmax attention over groups of `rows` batch rows (`rows` must divide B)."""
     return _chunked_forward(q, k, v, rows)[0]
 
 
@@ -103,7 +104,7 @@ chunked_attention.defvjp(_chunked_forward, _chunked_backward)
 
 
 def chunk_rows(batch: int, heads: int, queries: int, keys: int) -> int:
-    """Batch rows per chunk on this backend; `batch` means one chunk (the dense form)."""
+    """Return the batch rows per chunk on this backend, where `batch` means the dense form."""
     row_bytes = heads * queries * keys * 4
     if jax.default_backend() != "cpu" or jax.device_count() > 1 or batch * row_bytes <= DENSE_LIMIT_BYTES:
         return batch
@@ -112,7 +113,7 @@ def chunk_rows(batch: int, heads: int, queries: int, keys: int) -> int:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Softmax attention, chunked over batch rows where that keeps the CPU cache warm."""
+    """Compute softmax attention, in chunks of batch rows where that keeps the CPU cache warm."""
     batch, queries, heads, _ = q.shape
     rows = chunk_rows(batch, heads, queries, k.shape[1])
     if rows == batch:

@@ -109,6 +109,9 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with bias-free q/k/v projections.
 
+    Without `bias` and `all_masked` (self-attention), the softmax product runs
+    through `attention.attend`, which splits large CPU batches into chunks.
+
     `__call__(x, context, bias, all_masked, null_token)`:
       * `context=None` attends to `x` itself. If `x`'s width differs from the
         key projection's input width `context_width`, `x` is reshaped row-major
