@@ -80,6 +80,53 @@ def test_layer_norm_matches_flax():
     _assert_same_values_and_grads(layers.LayerNorm(1e-5), nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), x)
 
 
+class _FlaxGEGLU(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        a, g = jnp.split(nn.Dense(2 * self.features, name="proj")(x), 2, axis=-1)
+        return a * nn.gelu(g, approximate=False)
+
+
+class _OurGEGLU(nn.Module):
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel, bias = layers.DenseParameters(x.shape[-1], 2 * self.features, name="proj")()
+        return layers.geglu(x.astype(self.dtype), kernel.astype(self.dtype), bias)
+
+
+def test_geglu_matches_flax():
+    x = _random((3, 10, 16), 5)
+    _assert_same_values_and_grads(_OurGEGLU(24), _FlaxGEGLU(24), x)
+
+
+def test_gelu_exact_matches_jax_gelu():
+    x = jnp.linspace(-12.0, 12.0, 4001, dtype=jnp.float32)
+    np.testing.assert_allclose(layers.gelu_exact(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+
+
+def test_geglu_bfloat16_gradients():
+    module = _OurGEGLU(8, jnp.bfloat16)
+    x = _random((2, 6, 4), 6)
+    variables = _perturbed(module.init(jax.random.PRNGKey(0), x), 1)
+    grads = jax.grad(lambda v: jnp.sum(module.apply(v, x).astype(jnp.float32)))(variables)
+    float32_grads = jax.grad(lambda v: jnp.sum(_OurGEGLU(8).apply(v, x)))(variables)
+    for got, expected in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(float32_grads)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_dense_parameters_without_bias():
+    module = layers.DenseParameters(4, 6, use_bias=False)
+    kernel, bias = module.apply(module.init(jax.random.PRNGKey(0)))
+    assert kernel.shape == (4, 6)
+    assert bias is None
+
+
 def test_add_bias_gradient_keeps_bias_dtype():
     y = jnp.ones((2, 5, 3), jnp.bfloat16)
     bias = jnp.arange(3, dtype=jnp.float32)

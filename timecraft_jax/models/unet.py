@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from timecraft_jax.models.attention import attend
-from timecraft_jax.models.layers import Conv1D, Dense, GroupNorm, LayerNorm, torch_default_kernel_init
+from timecraft_jax.models.layers import (
+    Conv1D, Dense, DenseParameters, GroupNorm, LayerNorm, geglu, torch_default_kernel_init,
+)
 from timecraft_jax.models.text_fusion import ConditioningMLP
 
 # Added to the attention logits of prototypes whose PAM logit is <= 0. The
@@ -186,8 +188,8 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        a, g = jnp.split(_dense(2 * self.features, self.dtype, "proj")(x), 2, axis=-1)
-        return a * nn.gelu(g.astype(jnp.float32), approximate=False).astype(a.dtype)
+        kernel, bias = DenseParameters(x.shape[-1], 2 * self.features, name="proj")()
+        return geglu(x.astype(self.dtype), kernel.astype(self.dtype), bias)
 
 
 class FeedForward(nn.Module):
