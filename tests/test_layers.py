@@ -109,6 +109,27 @@ def test_gelu_exact_matches_jax_gelu():
     np.testing.assert_allclose(layers.gelu_exact(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
 
 
+def test_silu_matches_jax_silu():
+    x = jnp.linspace(-40.0, 40.0, 8001, dtype=jnp.float32)
+    # The tanh form rounds sigmoid(x) to absolute float32 precision, so compare absolute errors.
+    np.testing.assert_allclose(layers.silu(x), jax.nn.silu(x), rtol=0, atol=3e-6)
+
+
+def test_silu_gradient_matches_jax_silu():
+    x = jnp.linspace(-40.0, 40.0, 8001, dtype=jnp.float32)
+    grad = jax.grad(lambda x: jnp.sum(layers.silu(x)))(x)
+    expected = jax.grad(lambda x: jnp.sum(jax.nn.silu(x)))(x)
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=3e-6)
+
+
+def test_silu_keeps_bfloat16():
+    x = jnp.linspace(-8.0, 8.0, 101, dtype=jnp.bfloat16)
+    grad = jax.grad(lambda x: jnp.sum(layers.silu(x).astype(jnp.float32)))(x)
+    assert layers.silu(x).dtype == jnp.bfloat16
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(layers.silu(x).astype(jnp.float32), jax.nn.silu(x).astype(jnp.float32), rtol=0.02, atol=0.02)
+
+
 def test_geglu_bfloat16_gradients():
     module = _OurGEGLU(8, jnp.bfloat16)
     x = _random((2, 6, 4), 6)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from timecraft_jax.models.attention import attend
 from timecraft_jax.models.layers import (
-    Conv1D, Dense, DenseParameters, GroupNorm, LayerNorm, geglu, torch_default_kernel_init,
+    Conv1D, Dense, DenseParameters, GroupNorm, LayerNorm, geglu, silu, torch_default_kernel_init,
 )
 from timecraft_jax.models.text_fusion import ConditioningMLP
 
@@ -91,17 +91,17 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
         # x: [B, T, C_in], emb: [B, E]
         in_channels = x.shape[-1]
-        h = nn.silu(group_norm(x, 1e-5, "in_layers_0"))
+        h = silu(group_norm(x, 1e-5, "in_layers_0"))
         if self.up:
             h, x = upsample(h), upsample(x)
         elif self.down:
             h, x = downsample(h), downsample(x)
         h = _conv(self.out_channels, 3, self.dtype, "in_layers_2")(h)
 
-        emb_out = _dense(2 * self.out_channels, self.dtype, "emb_layers_1")(nn.silu(emb))
+        emb_out = _dense(2 * self.out_channels, self.dtype, "emb_layers_1")(silu(emb))
         scale, shift = jnp.split(emb_out[:, None, :], 2, axis=-1)  # [B, 1, C_out] each
         h = group_norm(h, 1e-5, "out_layers_0") * (1 + scale) + shift
-        h = _conv(self.out_channels, 3, self.dtype, "out_layers_3", zero_init=True)(nn.silu(h))
+        h = _conv(self.out_channels, 3, self.dtype, "out_layers_3", zero_init=True)(silu(h))
 
         if in_channels != self.out_channels:
             x = _conv(self.out_channels, 1, self.dtype, "skip_connection")(x)
@@ -303,7 +303,7 @@ class UNet1D(nn.Module):
         # x_t: [B, T, C_in], t: [B], context: [B, N, D], logits: [B, N], keep: [B, N, 1]
         emb = timestep_embedding(t, self.model_channels).astype(self.dtype)
         emb = _dense(self.time_embed_dim, self.dtype, "time_embed_0")(emb)
-        emb = _dense(self.time_embed_dim, self.dtype, "time_embed_2")(nn.silu(emb))
+        emb = _dense(self.time_embed_dim, self.dtype, "time_embed_2")(silu(emb))
         self.sow("intermediates", "time_embed", emb)
         if self.num_classes and y is not None:
             label_emb = nn.Embed(
@@ -379,6 +379,6 @@ class UNet1D(nn.Module):
                 self.sow("intermediates", f"output_blocks_{block}", h)
                 block += 1
 
-        h = nn.silu(group_norm(h, 1e-5, "out_0"))
+        h = silu(group_norm(h, 1e-5, "out_0"))
         eps_hat = _conv(self.in_channels, 3, self.dtype, "out_2", zero_init=True)(h)
         return eps_hat.astype(jnp.float32)
