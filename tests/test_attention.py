@@ -1,4 +1,4 @@
-"""Chunked self-attention: same values and gradients as the dense form, and when each form is used."""
+"""Attention core: values and gradients against plain autodiff, chunked against dense, and when each form is used."""
 
 import platform
 import subprocess
@@ -40,6 +40,51 @@ def test_chunked_matches_dense_values_and_gradients(batch, queries, keys, rows):
                              argnums=(0, 1, 2))(q, k, v)
     for name, got, want in zip("qkv", chunked_grads, dense_grads):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
+def reference_attention(q, k, v, bias=None, uniform_rows=None):
+    """Plain softmax attention with JAX's own autodiff, the reference for the custom backward passes."""
+    logits = jnp.einsum("bihd,bjhd->bhij", q, k)
+    if bias is not None:
+        logits = logits + bias[:, None, None, :]
+    weights = jax.nn.softmax(logits, axis=-1)
+    if uniform_rows is not None:
+        weights = jnp.where(uniform_rows[:, None, None, None], 1.0 / k.shape[1], weights)
+    return jnp.einsum("bhij,bjhd->bihd", weights, v)
+
+
+@pytest.mark.parametrize("rows", [None, 1, 2])
+@pytest.mark.parametrize("with_bias,with_uniform", [(False, False), (True, False), (True, True)])
+def test_attention_matches_autodiff_reference(rows, with_bias, with_uniform):
+    q, k, v = qkv(4, 6, 5, heads=3, width=4, seed=1)
+    # A PAM-style bias: the logit where positive, a huge negative value elsewhere.
+    logits = jax.random.normal(jax.random.PRNGKey(2), (4, 5))
+    bias = jnp.where(logits > 0, logits, logits - 3e38) if with_bias else None
+    uniform_rows = jnp.array([False, True, False, False]) if with_uniform else None
+    cotangent = jax.random.normal(jax.random.PRNGKey(3), q.shape)
+
+    def fn(q, k, v, bias):
+        if rows is None:
+            return attention.dense_attention(q, k, v, bias, uniform_rows)
+        return attention.chunked_attention(q, k, v, rows, bias, uniform_rows)
+
+    def loss(fn):
+        return lambda q, k, v, bias: jnp.sum(fn(q, k, v, bias) * cotangent)
+
+    want = reference_attention(q, k, v, bias, uniform_rows)
+    got = jax.jit(fn)(q, k, v, bias)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    argnums = (0, 1, 2, 3) if with_bias else (0, 1, 2)
+    want_grads = jax.grad(loss(lambda q, k, v, bias: reference_attention(q, k, v, bias, uniform_rows)),
+                          argnums=argnums)(q, k, v, bias)
+    got_grads = jax.jit(jax.grad(loss(fn), argnums=argnums))(q, k, v, bias)
+    for name, g, w in zip(["q", "k", "v", "bias"], got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+    if with_uniform:
+        # A uniform row averages v over the keys, and its q gets no gradient.
+        np.testing.assert_allclose(np.asarray(got[1]), np.broadcast_to(np.asarray(v[1]).mean(0), got[1].shape),
+                                   rtol=1e-5, atol=1e-6)
+        assert not np.any(np.asarray(got_grads[0][1]))
 
 
 def test_chunked_under_jit_and_bfloat16():

@@ -111,8 +111,8 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with bias-free q/k/v projections.
 
-    Without `bias` and `all_masked` (self-attention), the softmax product runs
-    through `attention.attend`, which splits large CPU batches into chunks.
+    The softmax product runs through `attention.attend`, which splits large
+    CPU batches into chunks.
 
     `__call__(x, context, bias, all_masked, null_token)`:
       * `context=None` attends to `x` itself. If `x`'s width differs from the
@@ -164,16 +164,8 @@ class Attention(nn.Module):
         # Scaling q rather than the logits saves a pass over the (B, H, I, J) array.
         q = q * jnp.asarray(self.dim_head**-0.5, q.dtype)
         q, k, v = split_heads(q), split_heads(k), split_heads(v)
-        if bias is None and all_masked is None:
-            return _dense(channels, self.dtype, "to_out_0")(attend(q, k, v).reshape(b, t, inner))
-        logits = jnp.einsum("bihd,bjhd->bhij", q, k).astype(jnp.float32)
-        if bias is not None:
-            logits = logits + bias[:, None, None, :].astype(jnp.float32)
-        weights = jax.nn.softmax(logits, axis=-1)  # [B, H, I, J]
-        if all_masked is not None and self.all_masked_mode == "uniform":
-            num_keys = weights.shape[-1]
-            weights = jnp.where(all_masked[:, None, None, None], 1.0 / num_keys, weights)
-        out = jnp.einsum("bhij,bjhd->bihd", weights.astype(v.dtype), v).reshape(b, t, inner)
+        uniform_rows = all_masked if self.all_masked_mode == "uniform" else None
+        out = attend(q, k, v, bias, uniform_rows).reshape(b, t, inner)
         if all_masked is not None and self.all_masked_mode == "null":
             v_null = to_v(null_token.astype(context.dtype))  # [1, inner]
             out = jnp.where(all_masked[:, None, None], v_null[None].astype(out.dtype), out)
