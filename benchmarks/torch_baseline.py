@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -896,30 +897,91 @@ def bench_length(seq_len: int, train_batch: int, forward_batch: int, repeats: in
     return record
 
 
-def interleave_length(seq_len: int, train_batch: int, forward_batch: int, repeats: int, latent_unit: int,
-                      pause: float) -> dict:
-    """Alternate PyTorch and timecraft_jax calls in one process, so both see the same machine speed.
+class TorchWorker:
+    """A child process that builds and times the PyTorch steps, one line per request and reply.
+
+    With `--interleave` the two libraries run in separate processes, so neither shares a heap,
+    a malloc arena or a thread pool with the other. The parent sends `build L TRAIN_BATCH
+    FORWARD_BATCH LATENT_UNIT`, then `train` or `forward`, and reads back `ready` or the
+    call's wall time in seconds. The child applies the same glibc malloc settings as the
+    parent (`xla_options.keep_host_memory()`), so both run on the same allocator settings.
+    """
+
+    def __init__(self, threads: int):
+        command = [sys.executable, str(Path(__file__).resolve()), "--torch_worker", "--threads", str(threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def request(self, line: str) -> str:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        reply = self.process.stdout.readline().strip()
+        if not reply or reply.startswith("error"):
+            self.close()
+            raise RuntimeError(f"the PyTorch worker failed on {line!r}: {reply or 'it exited'} (its stderr is above)")
+        return reply
+
+    def call(self, kind: str) -> float:
+        return float(self.request(kind))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def serve_torch_worker(threads: int) -> None:
+    """Run the child side of `TorchWorker` on stdin and stdout until stdin closes."""
+    from timecraft_jax import xla_options
+
+    xla_options.keep_host_memory()  # Imports JAX without starting it; sets glibc's malloc as in the parent.
+    torch = import_torch()
+    torch.set_num_threads(threads)
+    steps = {}
+    for line in sys.stdin:
+        words = line.split()
+        try:
+            if words[0] == "build":
+                seq_len, train_batch, forward_batch, latent_unit = (int(word) for word in words[1:5])
+                steps.clear()
+                steps["train"], steps["forward"] = build_torch_steps(seq_len, train_batch, forward_batch,
+                                                                     latent_unit, ema=True)
+                reply = "ready"
+            else:
+                start = time.perf_counter()
+                steps[words[0]]()
+                reply = repr(time.perf_counter() - start)
+        except Exception as error:  # noqa: BLE001 - reported to the parent, which stops.
+            print(f"torch worker: {line.strip()!r} failed: {error!r}", file=sys.stderr, flush=True)
+            reply = "error"
+        print(reply, flush=True)
+
+
+def interleave_length(worker: TorchWorker, seq_len: int, train_batch: int, forward_batch: int, repeats: int,
+                      latent_unit: int, pause: float) -> dict:
+    """Alternate PyTorch calls (in `worker`) and timecraft_jax calls (here), so both see the same machine speed.
 
     Both train steps include an EMA update. Each pair is a PyTorch call then a JAX call of the same
-    kind, separated by `pause` seconds so that one library's idle threads do not share the cores
-    with the other's work. Returns both libraries' times and the median of the per-pair ratios.
+    kind, each after a pause of `pause` seconds so that one library's idle threads do not share the
+    cores with the other's work. Returns both libraries' times and the median of the per-pair ratios.
     """
     import bench_core  # benchmarks/ is on sys.path when run as a script.
 
-    torch_train, torch_forward = build_torch_steps(seq_len, train_batch, forward_batch, latent_unit, ema=True)
+    worker.request(f"build {seq_len} {train_batch} {forward_batch} {latent_unit}")
     jax_train, jax_forward = bench_core.build_steps(seq_len, train_batch, forward_batch)
     record = {"seq_len": seq_len, "dtype": "float32", "train_batch": train_batch, "forward_batch": forward_batch,
               "train_step_includes_ema": True}
-    for kind, torch_call, jax_call in (("train_step", torch_train, jax_train), ("forward", torch_forward, jax_forward)):
-        torch_call()  # Warm-up.
+    for kind, jax_call in (("train_step", jax_train), ("forward", jax_forward)):
+        torch_kind = "train" if kind == "train_step" else "forward"
+        worker.call(torch_kind)  # Warm-up.
         jax_call()
         torch_times, jax_times = [], []
         for _ in range(repeats):
-            for call, times in ((torch_call, torch_times), (jax_call, jax_times)):
-                time.sleep(pause)
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
+            time.sleep(pause)
+            torch_times.append(worker.call(torch_kind))
+            time.sleep(pause)
+            start = time.perf_counter()
+            jax_call()
+            jax_times.append(time.perf_counter() - start)
         ratios = [ours / theirs for ours, theirs in zip(jax_times, torch_times)]
         record.update({
             f"{kind}_torch_times_s": torch_times,
@@ -947,11 +1009,15 @@ def main() -> None:
                              "unet_timedp_shapes.json); the check is skipped when it is missing.")
     parser.add_argument("--skip_timing", action="store_true", help="Only check parity and parameter counts.")
     parser.add_argument("--interleave", action="store_true",
-                        help="Also time timecraft_jax in the same process, alternating calls with PyTorch "
-                             "(both with EMA), and report per-pair ratios.")
+                        help="Also time timecraft_jax, alternating its calls with PyTorch's (both with EMA; "
+                             "PyTorch in a child process), and report per-pair ratios.")
     parser.add_argument("--pause", type=float, default=0.3, help="Seconds between interleaved calls.")
     parser.add_argument("--out", default="benchmarks/results/torch_baseline.json", help="JSON output path.")
+    parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_worker:
+        serve_torch_worker(args.threads)
+        return
     seq_lens = parse_seq_lens(args.seq_lens)
     if min(args.train_batch, args.forward_batch, args.repeats, args.threads, args.latent_unit) <= 0:
         parser.error("--train_batch, --forward_batch, --repeats, --threads and --latent_unit must be positive")
@@ -962,7 +1028,7 @@ def main() -> None:
     if args.interleave:
         from timecraft_jax import xla_options
 
-        malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its threads; PyTorch shares it.
+        malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its threads; the worker does the same.
     torch = import_torch()
     torch.set_num_threads(args.threads)
     parity = check_parity(args.check_parity)
@@ -984,12 +1050,14 @@ def main() -> None:
     if args.interleave:
         import jax
 
-        header.update({"jax": jax.__version__, "interleaved": True, "pause_s": args.pause})
+        header.update({"jax": jax.__version__, "interleaved": True, "torch_in_child_process": True,
+                       "pause_s": args.pause})
     print(json.dumps(header))
     results = []
+    worker = TorchWorker(args.threads) if args.interleave else None
     for seq_len in seq_lens:
         if args.interleave:
-            result = interleave_length(seq_len, args.train_batch, args.forward_batch, args.repeats,
+            result = interleave_length(worker, seq_len, args.train_batch, args.forward_batch, args.repeats,
                                        args.latent_unit, args.pause)
             results.append(result)
             print(f"L={seq_len:4d} train step (B={args.train_batch}) ours / PyTorch "
@@ -1004,6 +1072,8 @@ def main() -> None:
               f"{result['train_step_median_s']:.3f} s | forward (B={args.forward_batch}) median "
               f"{result['forward_median_s']:.3f} s | forward samples/s {result['forward_samples_per_s']:.1f}",
               flush=True)
+    if worker is not None:
+        worker.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {"environment": header, "parameter_counts": counts, "parity_relative_errors": parity,
