@@ -4,6 +4,8 @@
   python benchmarks/torch_baseline.py --skip_timing          # parity check and parameter counts only
   python benchmarks/torch_baseline.py --interleave --out benchmarks/results/interleaved_cpu.json
                                                            # alternate PyTorch and timecraft_jax calls
+  python benchmarks/torch_baseline.py --interleave --switch_warmup 1
+                                                           # ... with one untimed call after each switch
 
 The model is a PyTorch implementation of the reference denoiser (`ts_unet.UNetModel`, a 1-D UNet
 with spatial transformers) and of its prototype conditioner (`DomainUnifiedPrototyper`, the PAM
@@ -957,27 +959,35 @@ def serve_torch_worker(threads: int) -> None:
 
 
 def interleave_length(worker: TorchWorker, seq_len: int, train_batch: int, forward_batch: int, repeats: int,
-                      latent_unit: int, pause: float) -> dict:
+                      latent_unit: int, pause: float, switch_warmup: int = 0) -> dict:
     """Alternate PyTorch calls (in `worker`) and timecraft_jax calls (here), so both see the same machine speed.
 
     Both train steps include an EMA update. Each pair is a PyTorch call then a JAX call of the same
     kind, each after a pause of `pause` seconds so that one library's idle threads do not share the
-    cores with the other's work. Returns both libraries' times and the median of the per-pair ratios.
+    cores with the other's work. With `switch_warmup` > 0, each library first makes that many untimed
+    calls after the other library ran, so the timed call starts from the library's own warm state,
+    as in a training loop. Returns both libraries' times and the median of the per-pair ratios.
     """
     import bench_core  # benchmarks/ is on sys.path when run as a script.
 
     worker.request(f"build {seq_len} {train_batch} {forward_batch} {latent_unit}")
     jax_train, jax_forward = bench_core.build_steps(seq_len, train_batch, forward_batch)
     record = {"seq_len": seq_len, "dtype": "float32", "train_batch": train_batch, "forward_batch": forward_batch,
-              "train_step_includes_ema": True}
+              "train_step_includes_ema": True, "switch_warmup_calls": switch_warmup}
     for kind, jax_call in (("train_step", jax_train), ("forward", jax_forward)):
         torch_kind = "train" if kind == "train_step" else "forward"
         worker.call(torch_kind)  # Warm-up.
         jax_call()
         torch_times, jax_times = [], []
         for _ in range(repeats):
+            for _ in range(switch_warmup):
+                time.sleep(pause)
+                worker.call(torch_kind)
             time.sleep(pause)
             torch_times.append(worker.call(torch_kind))
+            for _ in range(switch_warmup):
+                time.sleep(pause)
+                jax_call()
             time.sleep(pause)
             start = time.perf_counter()
             jax_call()
@@ -1012,6 +1022,9 @@ def main() -> None:
                         help="Also time timecraft_jax, alternating its calls with PyTorch's (both with EMA; "
                              "PyTorch in a child process), and report per-pair ratios.")
     parser.add_argument("--pause", type=float, default=0.3, help="Seconds between interleaved calls.")
+    parser.add_argument("--switch_warmup", type=int, default=0,
+                        help="Untimed calls each library makes after the other ran, before its timed call "
+                             "(with --interleave).")
     parser.add_argument("--out", default="benchmarks/results/torch_baseline.json", help="JSON output path.")
     parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1022,8 +1035,8 @@ def main() -> None:
     if min(args.train_batch, args.forward_batch, args.repeats, args.threads, args.latent_unit) <= 0:
         parser.error("--train_batch, --forward_batch, --repeats, --threads and --latent_unit must be positive")
 
-    if args.pause < 0:
-        parser.error("--pause must be zero or positive")
+    if args.pause < 0 or args.switch_warmup < 0:
+        parser.error("--pause and --switch_warmup must be zero or positive")
     malloc_tuned = False
     if args.interleave:
         from timecraft_jax import xla_options
@@ -1058,7 +1071,7 @@ def main() -> None:
     for seq_len in seq_lens:
         if args.interleave:
             result = interleave_length(worker, seq_len, args.train_batch, args.forward_batch, args.repeats,
-                                       args.latent_unit, args.pause)
+                                       args.latent_unit, args.pause, args.switch_warmup)
             results.append(result)
             print(f"L={seq_len:4d} train step (B={args.train_batch}) ours / PyTorch "
                   f"{result['train_step_jax_median_s']:.3f} / {result['train_step_torch_median_s']:.3f} s, "
