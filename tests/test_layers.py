@@ -56,6 +56,18 @@ def test_dense_without_bias_matches_flax():
     _assert_same_values_and_grads(layers.Dense(8, use_bias=False), nn.Dense(8, use_bias=False), x)
 
 
+@pytest.mark.parametrize("shape", [(6, 5), (2, 6, 5), (2, 3, 4, 5)])
+def test_matmul_matches_autodiff(shape):
+    x, kernel = _random(shape, 3), _random((5, 7), 4)
+    weight = _random(shape[:-1] + (7,), 5)
+    ours = jax.grad(lambda a, k: jnp.sum(layers.matmul(a, k) * weight), argnums=(0, 1))(x, kernel)
+    plain = jax.grad(lambda a, k: jnp.sum(jnp.dot(a, k) * weight), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(layers.matmul(x, kernel), jnp.dot(x, kernel), rtol=RTOL)
+    for got, expected in zip(ours, plain):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel_size, stride, padding", [(3, 1, 1), (1, 1, 0), (4, 2, 1)])
 def test_conv1d_matches_flax(kernel_size, stride, padding):
     x = _random((3, 16, 8), 2)

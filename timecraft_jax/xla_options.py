@@ -6,8 +6,19 @@ made the forward about 30 % and the train step about 10 % slower than handing
 YNNPACK the dot products alone (`benchmarks/bench_core.py`, see
 docs/benchmarks.md). `compiler_options()` therefore requests dot-only YNNPACK
 fusions on the CPU backend. It first checks once that this XLA build accepts
-the option. If the build does not, it returns no options and XLA keeps its
+the options. If the build does not, it returns no options and XLA keeps its
 defaults.
+
+The options also turn off XLA's `tree_reduction_rewriter` pass. On the CPU it
+splits every reduction over more than 32 elements into a windowed reduction
+plus a short one. In the TimeDP train step these were about 880 separate,
+slow `reduce-window` kernels, mostly the softmax row maxima and sums of
+attention. Without the pass the reductions fuse with their neighbours. At
+L = 96 on a 2-core AMD EPYC (Zen 4) the train step then took 0.91 of the time
+(L = 24: 0.95), but at L = 168 it took 1.02 to 1.04 of it (alternating both
+settings in one process, docs/benchmarks.md). The reductions then add in
+float32 in one pass instead of in a tree. The parity tests still agree with
+the reference to 1e-4.
 
 Set the environment variable TIMECRAFT_XLA_DEFAULTS=1 to keep XLA's defaults.
 
@@ -34,7 +45,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+CPU_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
+}
 
 # glibc mallopt parameters (malloc.h) and the values keep_host_memory() sets.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
