@@ -12,8 +12,8 @@ defaults.
 The options also turn off XLA's `tree_reduction_rewriter` pass. On the CPU it
 splits every reduction over more than 32 elements into a windowed reduction
 plus a short one. In the TimeDP train step these were about 880 separate,
-slow `reduce-window` kernels, mostly the softmax row maxima and sums of
-attention. Without the pass the reductions fuse with their neighbours. At
+slow `reduce-window` kernels. The costliest were the row maxima and sums of
+the attention softmax. Without the pass the reductions fuse with their neighbours. At
 L = 96 on a 2-core AMD EPYC (Zen 4) the train step then took 0.91 of the time
 (L = 24: 0.95), but at L = 168 it took 1.02 to 1.04 of it (alternating both
 settings in one process, docs/benchmarks.md). The reductions then add in
