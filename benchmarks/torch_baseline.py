@@ -1068,25 +1068,28 @@ def main() -> None:
     print(json.dumps(header))
     results = []
     worker = TorchWorker(args.threads) if args.interleave else None
-    for seq_len in seq_lens:
-        if args.interleave:
-            result = interleave_length(worker, seq_len, args.train_batch, args.forward_batch, args.repeats,
-                                       args.latent_unit, args.pause, args.switch_warmup)
+    try:
+        for seq_len in seq_lens:
+            if args.interleave:
+                result = interleave_length(worker, seq_len, args.train_batch, args.forward_batch, args.repeats,
+                                           args.latent_unit, args.pause, args.switch_warmup)
+                results.append(result)
+                print(f"L={seq_len:4d} train step (B={args.train_batch}) ours / PyTorch "
+                      f"{result['train_step_jax_median_s']:.3f} / {result['train_step_torch_median_s']:.3f} s, "
+                      f"ratio {result['train_step_ratio_median']:.3f} | forward (B={args.forward_batch}) "
+                      f"{result['forward_jax_median_s']:.3f} / {result['forward_torch_median_s']:.3f} s, "
+                      f"ratio {result['forward_ratio_median']:.3f}", flush=True)
+                continue
+            result = bench_length(seq_len, args.train_batch, args.forward_batch, args.repeats, args.latent_unit,
+                                  args.ema)
             results.append(result)
-            print(f"L={seq_len:4d} train step (B={args.train_batch}) ours / PyTorch "
-                  f"{result['train_step_jax_median_s']:.3f} / {result['train_step_torch_median_s']:.3f} s, "
-                  f"ratio {result['train_step_ratio_median']:.3f} | forward (B={args.forward_batch}) "
-                  f"{result['forward_jax_median_s']:.3f} / {result['forward_torch_median_s']:.3f} s, "
-                  f"ratio {result['forward_ratio_median']:.3f}", flush=True)
-            continue
-        result = bench_length(seq_len, args.train_batch, args.forward_batch, args.repeats, args.latent_unit, args.ema)
-        results.append(result)
-        print(f"L={seq_len:4d} float32   train step (B={args.train_batch}) median "
-              f"{result['train_step_median_s']:.3f} s | forward (B={args.forward_batch}) median "
-              f"{result['forward_median_s']:.3f} s | forward samples/s {result['forward_samples_per_s']:.1f}",
-              flush=True)
-    if worker is not None:
-        worker.close()
+            print(f"L={seq_len:4d} float32   train step (B={args.train_batch}) median "
+                  f"{result['train_step_median_s']:.3f} s | forward (B={args.forward_batch}) median "
+                  f"{result['forward_median_s']:.3f} s | forward samples/s {result['forward_samples_per_s']:.1f}",
+                  flush=True)
+    finally:
+        if worker is not None:
+            worker.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {"environment": header, "parameter_counts": counts, "parity_relative_errors": parity,

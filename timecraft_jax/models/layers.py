@@ -37,6 +37,12 @@ def _column_sum(a: jax.Array) -> jax.Array:
     return jnp.dot(ones, rows, preferred_element_type=jnp.float32)
 
 
+def _kernel_gradient(x: jax.Array, grad: jax.Array) -> jax.Array:
+    """Return the float32 gradient of `kernel` in `x @ kernel`, as the 2-D product `x_rows.T @ grad_rows`."""
+    rows = x.reshape(-1, x.shape[-1])
+    return jnp.dot(rows.T, grad.reshape(-1, grad.shape[-1]), preferred_element_type=jnp.float32)
+
+
 @jax.custom_vjp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """Return `y + bias` with `bias` broadcast over the leading axes of `y`."""
@@ -156,12 +162,7 @@ def _geglu_bwd(residuals, grad):
     half = kernel.shape[1] // 2
     kernel_a, kernel_g = kernel[:, :half], kernel[:, half:]
     grad_x = jnp.dot(grad_a, kernel_a.T) + jnp.dot(grad_g, kernel_g.T)
-    rows = x.reshape(-1, x.shape[-1])
-
-    def kernel_grad(grad_half):
-        return jnp.dot(rows.T, grad_half.reshape(-1, half), preferred_element_type=jnp.float32)
-
-    grad_kernel = jnp.concatenate([kernel_grad(grad_a), kernel_grad(grad_g)], axis=1)
+    grad_kernel = jnp.concatenate([_kernel_gradient(x, grad_a), _kernel_gradient(x, grad_g)], axis=1)
     grad_bias = jnp.concatenate([_column_sum(grad_a), _column_sum(grad_g)])
     return grad_x, grad_kernel.astype(kernel.dtype), grad_bias.astype(bias.dtype)
 
@@ -181,9 +182,7 @@ def _matmul_fwd(x, kernel):
 
 def _matmul_bwd(residuals, grad):
     x, kernel = residuals
-    rows = x.reshape(-1, x.shape[-1])
-    grad_kernel = jnp.dot(rows.T, grad.reshape(-1, grad.shape[-1]), preferred_element_type=jnp.float32)
-    return jnp.dot(grad, kernel.T), grad_kernel.astype(kernel.dtype)
+    return jnp.dot(grad, kernel.T), _kernel_gradient(x, grad).astype(kernel.dtype)
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
