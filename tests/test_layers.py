@@ -169,6 +169,21 @@ def test_add_bias_gradient_keeps_bias_dtype():
     np.testing.assert_array_equal(grad, np.full(3, 10.0, np.float32))
 
 
+def test_rejected_compiler_option_dropped_alone(monkeypatch):
+    if jax.default_backend() != "cpu":
+        pytest.skip("compiler options are only set on the CPU backend")
+    monkeypatch.setattr(xla_options, "CPU_OPTIONS", {**xla_options.CPU_OPTIONS, "xla_no_such_option": True})
+    xla_options.compiler_options.cache_clear()
+    try:
+        options = xla_options.compiler_options()
+        assert "xla_no_such_option" not in options
+        for name, value in xla_options.CPU_OPTIONS.items():
+            if name != "xla_no_such_option":
+                assert options[name] == value
+    finally:
+        xla_options.compiler_options.cache_clear()
+
+
 def test_cpu_compiler_options_accepted(monkeypatch):
     xla_options.compiler_options.cache_clear()
     try:

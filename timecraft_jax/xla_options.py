@@ -5,9 +5,9 @@ elementwise ops and reductions. For the TimeDP UNet on a 2-core x86-64 CPU that
 made the forward about 30 % and the train step about 10 % slower than handing
 YNNPACK the dot products alone (`benchmarks/bench_core.py`, see
 docs/benchmarks.md). `compiler_options()` therefore requests dot-only YNNPACK
-fusions on the CPU backend. It first checks once that this XLA build accepts
-the options. If the build does not, it returns no options and XLA keeps its
-defaults.
+fusions on the CPU backend. It first checks once, option by option, that this
+XLA build accepts them. It leaves out any option the build rejects, and XLA
+keeps its default for that setting.
 
 The options also turn off XLA's `tree_reduction_rewriter` pass. On the CPU it
 splits every reduction over more than 32 elements into a windowed reduction
@@ -112,13 +112,16 @@ def compiler_options() -> dict[str, Any]:
         return {}
     if jax.default_backend() != "cpu":
         return {}
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(jnp.zeros((), jnp.float32)).compile()
-    except Exception as error:  # noqa: BLE001 - XLA raises its own runtime error types for unknown options.
-        logging.warning("this jaxlib does not accept the XLA:CPU options %s (%s); using XLA's defaults",
-                        CPU_OPTIONS, error)
-        return {}
-    return dict(CPU_OPTIONS)
+    accepted = {}
+    for name, value in CPU_OPTIONS.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
+        except Exception as error:  # noqa: BLE001 - XLA raises its own runtime error types for unknown options.
+            logging.warning("this jaxlib rejects the XLA:CPU option %s=%s (%s); XLA keeps its default for it",
+                            name, value, error)
+            continue
+        accepted[name] = value
+    return accepted
 
 
 def jit(fun: Callable, **kwargs) -> Any:
