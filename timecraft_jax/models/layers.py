@@ -248,14 +248,15 @@ class Conv1D(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.kernel_size == 1 and self.stride == 1 and self.padding == 0:
             # A 1x1 convolution is a matmul. Written as one, its gradients reach the matmul library.
-            return add_bias(matmul(x, kernel[0]), bias)
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(self.stride,),
-            padding=((self.padding, self.padding),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
+            y = matmul(x, kernel[0])
+        else:
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=(self.stride,),
+                padding=((self.padding, self.padding),),
+                dimension_numbers=("NWC", "WIO", "NWC"),
+            )
         return add_bias(y, bias)
 
 
