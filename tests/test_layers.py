@@ -75,11 +75,33 @@ def test_conv1d_matches_flax(kernel_size, stride, padding):
     _assert_same_values_and_grads(layers.Conv1D(12, kernel_size, stride, padding), theirs, x)
 
 
-@pytest.mark.parametrize("eps", [1e-5, 1e-6])
-def test_group_norm_matches_flax(eps):
-    x = _random((3, 10, 64), 3) * 4.0 + 2.0
+@pytest.mark.parametrize("eps, shape", [(1e-5, (3, 10, 64)), (1e-6, (3, 10, 64)), (1e-5, (2, 3, 5, 96))])
+def test_group_norm_matches_flax(eps, shape):
+    x = _random(shape, 3) * 4.0 + 2.0
     theirs = nn.GroupNorm(num_groups=32, epsilon=eps, use_fast_variance=False)
     _assert_same_values_and_grads(layers.GroupNorm(32, eps), theirs, x)
+
+
+def test_group_norm_modulation_matches_separate_steps():
+    """`GroupNorm(x, (scale, shift))` is `GroupNorm(x) * (1 + scale) + shift`, values and all gradients."""
+    x = _random((4, 12, 64), 5) * 3.0 - 1.0
+    scale, shift, weight = _random((4, 64), 6) * 0.5, _random((4, 64), 7), _random((4, 12, 64), 8)
+    norm = layers.GroupNorm(32, 1e-5)
+    variables = _perturbed(norm.init(jax.random.PRNGKey(0), x), 9)
+
+    def fused(v, x, scale, shift):
+        return jnp.sum(norm.apply(v, x, (scale, shift)) * weight)
+
+    def separate(v, x, scale, shift):
+        flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False)
+        return jnp.sum((flax_norm.apply(v, x) * (1 + scale[:, None]) + shift[:, None]) * weight)
+
+    np.testing.assert_allclose(fused(variables, x, scale, shift), separate(variables, x, scale, shift), rtol=RTOL)
+    ours = jax.grad(fused, argnums=(0, 1, 2, 3))(variables, x, scale, shift)
+    theirs = jax.grad(separate, argnums=(0, 1, 2, 3))(variables, x, scale, shift)
+    for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree_util.tree_leaves(theirs)):
+        scale_of = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(got / scale_of, expected / scale_of, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
 
 def test_group_norm_rejects_indivisible_channels():

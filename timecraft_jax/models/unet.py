@@ -53,9 +53,13 @@ def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> Dense
     return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
 
 
-def group_norm(x: jax.Array, eps: float, name: str) -> jax.Array:
-    """GroupNorm with 32 groups computed in float32, cast back to the input dtype."""
-    return GroupNorm(num_groups=32, epsilon=eps, name=name)(x).astype(x.dtype)
+def group_norm(x: jax.Array, eps: float, name: str, modulation=None) -> jax.Array:
+    """GroupNorm with 32 groups computed in float32, cast back to the input dtype.
+
+    `modulation`, a `(scale, shift)` pair of `(B, C)` arrays, returns
+    `GroupNorm(x) * (1 + scale) + shift`.
+    """
+    return GroupNorm(num_groups=32, epsilon=eps, name=name)(x, modulation).astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, name: str) -> jax.Array:
@@ -99,8 +103,8 @@ class ResBlock(nn.Module):
         h = _conv(self.out_channels, 3, self.dtype, "in_layers_2")(h)
 
         emb_out = _dense(2 * self.out_channels, self.dtype, "emb_layers_1")(silu(emb))
-        scale, shift = jnp.split(emb_out[:, None, :], 2, axis=-1)  # [B, 1, C_out] each
-        h = group_norm(h, 1e-5, "out_layers_0") * (1 + scale) + shift
+        scale_shift = jnp.split(emb_out, 2, axis=-1)  # [B, C_out] each
+        h = group_norm(h, 1e-5, "out_layers_0", modulation=scale_shift)
         h = _conv(self.out_channels, 3, self.dtype, "out_layers_3", zero_init=True)(silu(h))
 
         if in_channels != self.out_channels:
