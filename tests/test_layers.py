@@ -104,6 +104,12 @@ def test_group_norm_modulation_matches_separate_steps():
         np.testing.assert_allclose(got / scale_of, expected / scale_of, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
 
+def test_group_norm_empty_batch():
+    norm = layers.GroupNorm(32)
+    variables = norm.init(jax.random.PRNGKey(0), jnp.ones((2, 4, 64)))
+    assert norm.apply(variables, jnp.ones((0, 4, 64))).shape == (0, 4, 64)
+
+
 def test_group_norm_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="divisible by 32 groups, got 48"):
         layers.GroupNorm(32).init(jax.random.PRNGKey(0), jnp.ones((1, 4, 48)))

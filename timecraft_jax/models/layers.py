@@ -24,6 +24,7 @@ through `tanh`, whose forward was faster than `jax.nn.silu` on XLA:CPU.
 """
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -343,7 +344,7 @@ class GroupNorm(nn.Module):
         if modulation is not None:
             factor = 1 + modulation[0].astype(jnp.float32)
             scale, bias = scale * factor, bias * factor + modulation[1].astype(jnp.float32)
-        rows = x.astype(jnp.float32).reshape(batch, -1, channels)
+        rows = x.astype(jnp.float32).reshape(batch, math.prod(x.shape[1:-1]), channels)  # Also for batch 0.
         return group_norm(rows, scale, bias, self.num_groups, self.epsilon).reshape(x.shape)
 
 

@@ -53,7 +53,9 @@ def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> Dense
     return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
 
 
-def group_norm(x: jax.Array, eps: float, name: str, modulation=None) -> jax.Array:
+def group_norm(
+    x: jax.Array, eps: float, name: str, modulation: Optional[tuple[jax.Array, jax.Array]] = None
+) -> jax.Array:
     """GroupNorm with 32 groups computed in float32, cast back to the input dtype.
 
     `modulation`, a `(scale, shift)` pair of `(B, C)` arrays, returns
