@@ -89,19 +89,19 @@ def test_group_norm_modulation_matches_separate_steps():
     norm = layers.GroupNorm(32, 1e-5)
     variables = _perturbed(norm.init(jax.random.PRNGKey(0), x), 9)
 
-    def fused(v, x, scale, shift):
-        return jnp.sum(norm.apply(v, x, (scale, shift)) * weight)
+    def fused(tree, x, scale, shift):
+        return jnp.sum(norm.apply(tree, x, (scale, shift)) * weight)
 
-    def separate(v, x, scale, shift):
+    def separate(tree, x, scale, shift):
         flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False)
-        return jnp.sum((flax_norm.apply(v, x) * (1 + scale[:, None]) + shift[:, None]) * weight)
+        return jnp.sum((flax_norm.apply(tree, x) * (1 + scale[:, None]) + shift[:, None]) * weight)
 
     np.testing.assert_allclose(fused(variables, x, scale, shift), separate(variables, x, scale, shift), rtol=RTOL)
     ours = jax.grad(fused, argnums=(0, 1, 2, 3))(variables, x, scale, shift)
     theirs = jax.grad(separate, argnums=(0, 1, 2, 3))(variables, x, scale, shift)
     for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree_util.tree_leaves(theirs)):
-        scale_of = float(jnp.max(jnp.abs(expected)))
-        np.testing.assert_allclose(got / scale_of, expected / scale_of, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+        magnitude = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(got / magnitude, expected / magnitude, atol=2e-5, err_msg=jax.tree_util.keystr(path))
 
 
 def test_group_norm_empty_batch():

@@ -3,8 +3,8 @@
 The layers compute what `flax.linen.Dense`, `Conv`, `GroupNorm` and `LayerNorm`
 compute and keep their parameter names and shapes (`kernel`, `bias`, `scale`),
 so checkpoints and the weight importer do not change. They differ in the
-way they compute sums and gradients. A bias or norm-scale gradient sums an activation-sized
-array over the batch and time axes. XLA:CPU (jax 0.10.2) splits such column
+way they compute sums and gradients. A bias or norm-scale gradient sums an
+activation-sized array over the batch and time axes. XLA:CPU (jax 0.10.2) splits such column
 sums into many small windowed reductions, which made them about a tenth of the
 TimeDP train step. Here they are a product with a vector of ones, which XLA
 hands to its matmul library. Dense layers and 1x1 convolutions go through
@@ -272,7 +272,7 @@ def _sum_over_time(a: jax.Array) -> jax.Array:
 
 
 def _group_mean(per_channel: jax.Array, num_groups: int, count: int) -> jax.Array:
-    """Return `(B, C)`: the per-channel sums `per_channel` summed over each group, divided by `count`."""
+    """Sum `(B, C)` per-channel sums over each channel group, divide by `count` and broadcast back to `(B, C)`."""
     b, c = per_channel.shape
     sums = per_channel.reshape(b, num_groups, c // num_groups).sum(axis=-1, keepdims=True)
     return jnp.broadcast_to(sums / count, (b, num_groups, c // num_groups)).reshape(b, c)
@@ -344,7 +344,8 @@ class GroupNorm(nn.Module):
         if modulation is not None:
             factor = 1 + modulation[0].astype(jnp.float32)
             scale, bias = scale * factor, bias * factor + modulation[1].astype(jnp.float32)
-        rows = x.astype(jnp.float32).reshape(batch, math.prod(x.shape[1:-1]), channels)  # Also for batch 0.
+        # The explicit middle size, not -1, lets an empty batch reshape too.
+        rows = x.astype(jnp.float32).reshape(batch, math.prod(x.shape[1:-1]), channels)
         return group_norm(rows, scale, bias, self.num_groups, self.epsilon).reshape(x.shape)
 
 

@@ -56,7 +56,7 @@ def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> Dense
 def group_norm(
     x: jax.Array, eps: float, name: str, modulation: Optional[tuple[jax.Array, jax.Array]] = None
 ) -> jax.Array:
-    """GroupNorm with 32 groups computed in float32, cast back to the input dtype.
+    """Apply a 32-group GroupNorm in float32 and cast the result back to the input dtype.
 
     `modulation`, a `(scale, shift)` pair of `(B, C)` arrays, returns
     `GroupNorm(x) * (1 + scale) + shift`.
