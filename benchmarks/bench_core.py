@@ -142,6 +142,24 @@ def timing_record(seq_len: int, dtype: str, train_batch: int, forward_batch: int
     }
 
 
+def memory_mib() -> dict:
+    """Return this process's resident memory and the part of it in transparent huge pages, in MiB.
+
+    Both are None where /proc/self/smaps_rollup is not readable (not Linux).
+    """
+    fields = {"Rss:": "rss_mib", "AnonHugePages:": "huge_pages_mib"}
+    memory = dict.fromkeys(fields.values())
+    try:
+        lines = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return memory
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] in fields:
+            memory[fields[words[0]]] = round(int(words[1]) / 1024, 1)  # The file counts kB.
+    return memory
+
+
 def parse_seq_lens(text: str) -> list[int]:
     """Parse --seq_lens, exiting with a message unless each length is a positive multiple of 8."""
     try:
@@ -176,12 +194,14 @@ def main() -> None:
         "cpu_count": __import__("os").cpu_count(),
         "repeats": args.repeats,
         "glibc_malloc_tuned": malloc_tuned,
+        "glibc_huge_pages_requested": xla_options.huge_pages_requested(),
     }
     print(json.dumps(header))
     results = []
     for dtype in args.dtypes.split(","):
         for seq_len in seq_lens:
             result = bench_length(seq_len, dtype, args.train_batch, args.forward_batch, args.repeats)
+            result["process_memory_after"] = memory_mib()
             results.append(result)
             print(f"L={seq_len:4d} {dtype:9s} train step (B={args.train_batch}) median "
                   f"{result['train_step_median_s']:.3f} s | forward (B={args.forward_batch}) median "
@@ -194,5 +214,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    xla_options.relaunch_with_huge_pages()  # Same allocator as the training CLI.
     np.set_printoptions(precision=4)
     main()

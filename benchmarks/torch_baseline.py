@@ -905,13 +905,21 @@ class TorchWorker:
     With `--interleave` the two libraries run in separate processes, so neither shares a heap,
     a malloc arena or a thread pool with the other. The parent sends `build L TRAIN_BATCH
     FORWARD_BATCH LATENT_UNIT`, then `train` or `forward`, and reads back `ready` or the
-    call's wall time in seconds. The child applies the same glibc malloc settings as the
-    parent (`xla_options.keep_host_memory()`), so both run on the same allocator settings.
+    call's wall time in seconds. `memory` returns the child's resident and huge-page MiB.
+    With `malloc="same"` the child inherits the parent's environment, including
+    GLIBC_TUNABLES, and applies the same glibc malloc settings
+    (`xla_options.keep_host_memory()`), so both run on the same allocator settings. With
+    `malloc="default"` it starts without GLIBC_TUNABLES and keeps glibc's defaults.
     """
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, malloc: str = "same"):
         command = [sys.executable, str(Path(__file__).resolve()), "--torch_worker", "--threads", str(threads)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        environment = dict(os.environ)
+        if malloc == "default":
+            environment.pop("GLIBC_TUNABLES", None)
+            environment["TIMECRAFT_MALLOC_DEFAULTS"] = "1"
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=environment)
 
     def request(self, line: str) -> str:
         self.process.stdin.write(line + "\n")
@@ -948,6 +956,11 @@ def serve_torch_worker(threads: int) -> None:
                 steps["train"], steps["forward"] = build_torch_steps(seq_len, train_batch, forward_batch,
                                                                      latent_unit, ema=True)
                 reply = "ready"
+            elif words[0] == "memory":
+                from bench_core import memory_mib
+
+                memory = memory_mib()
+                reply = f"{memory['rss_mib']} {memory['huge_pages_mib']}"
             else:
                 start = time.perf_counter()
                 steps[words[0]]()
@@ -1000,6 +1013,9 @@ def interleave_length(worker: TorchWorker, seq_len: int, train_batch: int, forwa
             f"{kind}_jax_median_s": statistics.median(jax_times),
             f"{kind}_ratio_median": statistics.median(ratios),
         })
+    torch_rss, torch_huge = (None if word == "None" else float(word) for word in worker.request("memory").split())
+    record["jax_process_memory_after"] = bench_core.memory_mib()
+    record["torch_process_memory_after"] = {"rss_mib": torch_rss, "huge_pages_mib": torch_huge}
     return record
 
 
@@ -1025,6 +1041,10 @@ def main() -> None:
     parser.add_argument("--switch_warmup", type=int, default=0,
                         help="Untimed calls each library makes after the other ran, before its timed call "
                              "(with --interleave).")
+    parser.add_argument("--torch_malloc", choices=("same", "default"), default="same",
+                        help="Allocator of the PyTorch child with --interleave: 'same' as ours (glibc malloc "
+                             "settings and huge pages of timecraft_jax.xla_options), 'default' for glibc's "
+                             "defaults.")
     parser.add_argument("--out", default="benchmarks/results/torch_baseline.json", help="JSON output path.")
     parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1041,6 +1061,7 @@ def main() -> None:
     if args.interleave:
         from timecraft_jax import xla_options
 
+        xla_options.relaunch_with_huge_pages()  # Runs this command again if glibc can then use huge pages.
         malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its threads; the worker does the same.
     torch = import_torch()
     torch.set_num_threads(args.threads)
@@ -1059,15 +1080,16 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
         "glibc_malloc_tuned": malloc_tuned,
+        "glibc_huge_pages_requested": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""),
     }
     if args.interleave:
         import jax
 
         header.update({"jax": jax.__version__, "interleaved": True, "torch_in_child_process": True,
-                       "pause_s": args.pause})
+                       "pause_s": args.pause, "torch_malloc": args.torch_malloc})
     print(json.dumps(header))
     results = []
-    worker = TorchWorker(args.threads) if args.interleave else None
+    worker = TorchWorker(args.threads, args.torch_malloc) if args.interleave else None
     try:
         for seq_len in seq_lens:
             if args.interleave:

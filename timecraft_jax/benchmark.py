@@ -851,5 +851,6 @@ def main(argv: Sequence[str], holders: dict) -> None:
 if __name__ == "__main__":
     from absl import app
 
+    xla_options.relaunch_with_huge_pages()
     _holders = _define_flags()
     app.run(lambda argv: main(argv, _holders))

@@ -136,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_options.relaunch_with_huge_pages()
     sys.exit(main())

@@ -65,4 +65,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    xla_options.relaunch_with_huge_pages()
     app.run(main, flags_parser=parse_flags)
