@@ -39,8 +39,8 @@ points. When the kernel grants transparent huge pages only on request
 default), it runs the same command again with `glibc.malloc.hugetlb=1` added
 to GLIBC_TUNABLES, so that glibc asks for huge pages for the heap. glibc reads
 its tunables only when a process starts, hence the relaunch. On the 2-core
-Zen 4 machine of docs/benchmarks.md the L = 96 train step then took 0.90 of
-the time, with the heap's 4 GB held in 2 MiB pages. The same
+Zen 4 machine of docs/benchmarks.md the L = 96 train step then took 0.89 to
+0.96 of the time, with the heap's 4 GB held in 2 MiB pages. The same
 TIMECRAFT_MALLOC_DEFAULTS=1 turns this off, and a GLIBC_TUNABLES that already
 names `glibc.malloc.hugetlb` is left as it is.
 """
