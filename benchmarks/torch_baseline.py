@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_core import parse_seq_lens, timing_record  # benchmarks/ is on sys.path when run as a script.
+from timecraft_jax import xla_options
 from timecraft_jax.config_lib import load_config_file, repository_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -941,9 +942,7 @@ class TorchWorker:
 
 def serve_torch_worker(threads: int) -> None:
     """Run the child side of `TorchWorker` on stdin and stdout until stdin closes."""
-    from timecraft_jax import xla_options
-
-    xla_options.keep_host_memory()  # Imports JAX without starting it; sets glibc's malloc as in the parent.
+    xla_options.keep_host_memory()  # JAX is imported but not started, so glibc's malloc is set as in the parent.
     torch = import_torch()
     torch.set_num_threads(threads)
     steps = {}
@@ -1059,8 +1058,6 @@ def main() -> None:
         parser.error("--pause and --switch_warmup must be zero or positive")
     malloc_tuned = False
     if args.interleave:
-        from timecraft_jax import xla_options
-
         xla_options.relaunch_with_huge_pages()  # Runs this command again if glibc can then use huge pages.
         malloc_tuned = xla_options.keep_host_memory()  # Before JAX starts its threads; the worker does the same.
     torch = import_torch()
@@ -1080,7 +1077,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
         "glibc_malloc_tuned": malloc_tuned,
-        "glibc_huge_pages_requested": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""),
+        "glibc_huge_pages_requested": xla_options.huge_pages_requested(),
     }
     if args.interleave:
         import jax

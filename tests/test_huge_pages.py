@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the t
 
 @pytest.fixture
 def thp_file(tmp_path, monkeypatch):
-    """Point the module at a fake kernel setting; the test writes the mode into the returned file."""
+    """Point the module at a fake kernel setting file. A test may write another mode into it."""
     path = tmp_path / "enabled"
     path.write_text("always [madvise] never\n")
     monkeypatch.setattr(xla_options, "_THP_ENABLED_FILE", path)
@@ -21,18 +21,19 @@ def thp_file(tmp_path, monkeypatch):
     return path
 
 
-def test_the_tunable_is_added_and_other_tunables_are_kept(thp_file):
-    given = {"PATH": "/bin"}
-    assert xla_options.huge_page_environment(given) == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert given == {"PATH": "/bin"}
-    given = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-    updated = xla_options.huge_page_environment(given)
+def test_environment_adds_tunable_keeps_others(thp_file):
+    original = {"PATH": "/bin"}
+    assert xla_options.huge_page_environment(original) == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert original == {"PATH": "/bin"}
+
+    original = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    updated = xla_options.huge_page_environment(original)
     assert updated["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert given == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    assert original == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
 
 
 @pytest.mark.parametrize("mode_text", ["[always] madvise never\n", "always madvise [never]\n", "garbled\n", None])
-def test_no_relaunch_unless_the_kernel_wants_madvise(thp_file, mode_text):
+def test_environment_needs_madvise_mode(thp_file, mode_text):
     if mode_text is None:
         thp_file.unlink()
     else:
@@ -45,11 +46,11 @@ def test_no_relaunch_unless_the_kernel_wants_madvise(thp_file, mode_text):
     {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2: glibc.malloc.hugetlb=2"},
     {"TIMECRAFT_MALLOC_DEFAULTS": "1"},
 ])
-def test_no_relaunch_when_the_user_decided(thp_file, environ):
+def test_environment_keeps_user_choice(thp_file, environ):
     assert xla_options.huge_page_environment(environ) is None
 
 
-def test_no_relaunch_off_the_cpu(thp_file, monkeypatch):
+def test_environment_none_off_cpu(thp_file, monkeypatch):
     monkeypatch.setattr(xla_options, "_cpu_only_host", lambda: False)
     assert xla_options.huge_page_environment({}) is None
 
@@ -81,7 +82,7 @@ print("after", os.environ.get("GLIBC_TUNABLES", "-"), sys.argv[2:], xla_options.
 
 
 @pytest.mark.parametrize("opt_out", ["0", "1"])
-def test_relaunch_runs_the_same_command_again(tmp_path, monkeypatch, opt_out):
+def test_relaunch_reruns_same_command(tmp_path, monkeypatch, opt_out):
     thp = tmp_path / "enabled"
     thp.write_text("always [madvise] never\n")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")

@@ -37,7 +37,7 @@ glibc's defaults.
 points. When the kernel grants transparent huge pages only on request
 (`/sys/kernel/mm/transparent_hugepage/enabled` reads `madvise`, a common
 default), it runs the same command again with `glibc.malloc.hugetlb=1` added
-to GLIBC_TUNABLES, so that glibc asks for huge pages for the heap. glibc reads
+to GLIBC_TUNABLES, so that glibc requests huge pages for the heap. glibc reads
 its tunables only when a process starts, hence the relaunch. On the 2-core
 Zen 4 machine of docs/benchmarks.md the L = 96 train step then took 0.89 to
 0.96 of the time, with the heap's 4 GB held in 2 MiB pages. The same
@@ -73,8 +73,8 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb"
 _THP_ENABLED_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def _opted_out(variable: str) -> bool:
-    return os.environ.get(variable, "0") not in ("", "0")
+def _opted_out(variable: str, environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(variable, "0") not in ("", "0")
 
 
 def _cpu_only_host() -> bool:
@@ -134,9 +134,13 @@ def _transparent_huge_page_mode() -> Optional[str]:
     return match.group(1) if match else None
 
 
-def _has_huge_page_tunable(environ: Mapping[str, str]) -> bool:
-    items = environ.get("GLIBC_TUNABLES", "").split(":")
-    return any(item.split("=", 1)[0].strip() == HUGE_PAGE_TUNABLE for item in items)
+def _huge_page_tunable_value(environ: Mapping[str, str]) -> Optional[str]:
+    """Return the value that GLIBC_TUNABLES in `environ` gives the huge-page tunable, or None if it is not set."""
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name.strip() == HUGE_PAGE_TUNABLE:
+            return value.strip()
+    return None
 
 
 def huge_page_environment(environ: Mapping[str, str]) -> Optional[dict[str, str]]:
@@ -147,11 +151,11 @@ def huge_page_environment(environ: Mapping[str, str]) -> Optional[dict[str, str]
     is not `madvise` (`always` already gives huge pages, `never` gives none),
     or when GLIBC_TUNABLES already sets the tunable.
     """
-    if environ.get("TIMECRAFT_MALLOC_DEFAULTS", "0") not in ("", "0"):
+    if _opted_out("TIMECRAFT_MALLOC_DEFAULTS", environ):
         return None
     if platform.libc_ver()[0] != "glibc" or not _cpu_only_host():
         return None
-    if _transparent_huge_page_mode() != "madvise" or _has_huge_page_tunable(environ):
+    if _transparent_huge_page_mode() != "madvise" or _huge_page_tunable_value(environ) is not None:
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     updated = dict(environ)
@@ -185,11 +189,7 @@ def relaunch_with_huge_pages() -> None:
 
 def huge_pages_requested() -> bool:
     """Return whether this process started with glibc's huge-page tunable set to a non-zero value."""
-    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-        name, _, value = item.partition("=")
-        if name.strip() == HUGE_PAGE_TUNABLE:
-            return value.strip() not in ("", "0")
-    return False
+    return _huge_page_tunable_value(os.environ) not in (None, "", "0")
 
 
 @functools.cache
