@@ -160,6 +160,42 @@ def memory_mib() -> dict:
     return memory
 
 
+def memory_reply(memory: dict) -> str:
+    """Write `memory_mib()` as the one-line reply a benchmark child process sends: `RSS HUGE` in MiB."""
+    return f"{memory['rss_mib']} {memory['huge_pages_mib']}"
+
+
+def parse_memory_reply(words: list[str]) -> dict:
+    """Read the two words of `memory_reply()` back into the dict of `memory_mib()` (`None` stays None)."""
+    if len(words) != 2:
+        raise ValueError(f"invalid memory reply {words!r}: expected two words, resident and huge-page MiB")
+    rss, huge = (None if word == "None" else float(word) for word in words)
+    return {"rss_mib": rss, "huge_pages_mib": huge}
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """Return the CPU's model name, family and model from /proc/cpuinfo, for a result file.
+
+    The same x86-64 label covers machines whose speed differs a lot (the AMD Zen 4
+    and the Intel Xeon of docs/benchmarks.md), so the JSON records which one ran.
+    Where the file is missing, return the processor name that `platform` reports.
+    """
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in lines:
+        if not line.strip():
+            break  # The first processor's block is enough.
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def parse_seq_lens(text: str) -> list[int]:
     """Parse --seq_lens, exiting with a message unless each length is a positive multiple of 8."""
     try:
@@ -191,6 +227,7 @@ def main() -> None:
         "device": str(getattr(device, "device_kind", device)),
         "device_count": jax.device_count(),
         "host": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
         "cpu_count": __import__("os").cpu_count(),
         "repeats": args.repeats,
         "glibc_malloc_tuned": malloc_tuned,

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import bench_core  # benchmarks/ is on sys.path when run as a script. Importing it starts no JAX backend.
+
 
 CHILD = """
 import sys, time
@@ -45,8 +47,7 @@ for line in sys.stdin:
     start = time.perf_counter()
     run()
     elapsed = time.perf_counter() - start
-    memory = bench_core.memory_mib()
-    print(elapsed, memory["rss_mib"], memory["huge_pages_mib"], flush=True)
+    print(elapsed, bench_core.memory_reply(bench_core.memory_mib()), flush=True)
 """
 
 
@@ -75,14 +76,14 @@ class Child:
             self.close()
             raise RuntimeError(f"a child process failed to build the train step (its stderr is above); got {reply!r}")
 
-    def step(self) -> tuple[float, float | None, float | None]:
+    def step(self) -> tuple[float, dict]:
         self.process.stdin.write("step\n")
         self.process.stdin.flush()
         words = self.process.stdout.readline().split()
         if len(words) != 3:
             self.close()
             raise RuntimeError("a child process stopped during a train step (its stderr is above)")
-        return float(words[0]), *(None if word == "None" else float(word) for word in words[1:])
+        return float(words[0]), bench_core.parse_memory_reply(words[1:])
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -115,7 +116,7 @@ def main() -> None:
     header = {"seq_len": args.seq_len, "train_batch": args.train_batch, "steps": args.steps,
               "rounds": args.rounds, "pause_s": args.pause, "env_a": settings[0], "env_b": settings[1],
               "unset": args.unset, "host": platform.processor() or platform.machine(),
-              "platform": platform.platform(), "cpu_count": os.cpu_count()}
+              "cpu": bench_core.cpu_description(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
     print(json.dumps(header), flush=True)
 
     rounds, all_ratios = [], []
@@ -126,9 +127,8 @@ def main() -> None:
             for step in range(args.steps):
                 for side in ((0, 1) if step % 2 == 0 else (1, 0)):
                     time.sleep(args.pause)
-                    elapsed, rss, huge = children[side].step()
+                    elapsed, memory[side] = children[side].step()
                     times[side].append(elapsed)
-                    memory[side] = {"rss_mib": rss, "huge_pages_mib": huge}
         finally:
             for child in children:
                 child.close()

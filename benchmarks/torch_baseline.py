@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_core import parse_seq_lens, timing_record  # benchmarks/ is on sys.path when run as a script.
+from bench_core import cpu_description, parse_seq_lens, timing_record  # benchmarks/ is on sys.path when run as a script.
 from timecraft_jax import xla_options
 from timecraft_jax.config_lib import load_config_file, repository_config
 
@@ -956,10 +956,9 @@ def serve_torch_worker(threads: int) -> None:
                                                                      latent_unit, ema=True)
                 reply = "ready"
             elif words[0] == "memory":
-                from bench_core import memory_mib
+                from bench_core import memory_mib, memory_reply
 
-                memory = memory_mib()
-                reply = f"{memory['rss_mib']} {memory['huge_pages_mib']}"
+                reply = memory_reply(memory_mib())
             else:
                 start = time.perf_counter()
                 steps[words[0]]()
@@ -1012,9 +1011,8 @@ def interleave_length(worker: TorchWorker, seq_len: int, train_batch: int, forwa
             f"{kind}_jax_median_s": statistics.median(jax_times),
             f"{kind}_ratio_median": statistics.median(ratios),
         })
-    torch_rss, torch_huge = (None if word == "None" else float(word) for word in worker.request("memory").split())
     record["jax_process_memory_after"] = bench_core.memory_mib()
-    record["torch_process_memory_after"] = {"rss_mib": torch_rss, "huge_pages_mib": torch_huge}
+    record["torch_process_memory_after"] = bench_core.parse_memory_reply(worker.request("memory").split())
     return record
 
 
@@ -1072,6 +1070,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "host": platform.processor() or platform.machine(),
+        "cpu": cpu_description(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
