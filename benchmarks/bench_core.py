@@ -161,12 +161,12 @@ def memory_mib() -> dict:
 
 
 def memory_reply(memory: dict) -> str:
-    """Write `memory_mib()` as the one-line reply a benchmark child process sends: `RSS HUGE` in MiB."""
+    """Return `memory_mib()` as the one-line reply of a benchmark child process: `RSS HUGE` in MiB."""
     return f"{memory['rss_mib']} {memory['huge_pages_mib']}"
 
 
 def parse_memory_reply(words: list[str]) -> dict:
-    """Read the two words of `memory_reply()` back into the dict of `memory_mib()` (`None` stays None)."""
+    """Return the `memory_mib()` dict that the two words of a `memory_reply()` encode (`None` stays None)."""
     if len(words) != 2:
         raise ValueError(f"invalid memory reply {words!r}: expected two words, resident and huge-page MiB")
     rss, huge = (None if word == "None" else float(word) for word in words)
@@ -178,16 +178,16 @@ def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
     The same x86-64 label covers machines whose speed differs a lot (the AMD Zen 4
     and the Intel Xeon of docs/benchmarks.md), so the JSON records which one ran.
-    Where the file is missing, return the processor name that `platform` reports.
+    Where the file is missing or names no model, the name is the one that `platform` reports.
     """
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:
-        return platform.processor() or platform.machine()
+        lines = []
     fields = {}
     for line in lines:
         if not line.strip():
-            break  # The first processor's block is enough.
+            break  # Only the first processor's block is read.
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name") or platform.processor() or platform.machine()

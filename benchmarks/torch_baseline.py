@@ -53,7 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_core import cpu_description, parse_seq_lens, timing_record  # benchmarks/ is on sys.path when run as a script.
+# benchmarks/ is on sys.path when run as a script.
+from bench_core import cpu_description, memory_mib, memory_reply, parse_seq_lens, timing_record
 from timecraft_jax import xla_options
 from timecraft_jax.config_lib import load_config_file, repository_config
 
@@ -956,8 +957,6 @@ def serve_torch_worker(threads: int) -> None:
                                                                      latent_unit, ema=True)
                 reply = "ready"
             elif words[0] == "memory":
-                from bench_core import memory_mib, memory_reply
-
                 reply = memory_reply(memory_mib())
             else:
                 start = time.perf_counter()
